@@ -1,0 +1,242 @@
+"""The pyfuse3 adapter: a thin translator from FUSE requests to the file-system service.
+
+No policy lives here: each handler converts arguments, calls one service method, converts the
+result, and turns ``FsError`` into ``FUSEError``. Unexpected exceptions are logged and answered
+with EIO (pyfuse3 would otherwise stop the whole file system).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from application.filesystem import Attr, FileSystemService, SetAttr
+from domain.fs.model import FsError
+
+log = logging.getLogger("wasmer_dfs.fuse")
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+#: How long the kernel may cache names and attributes. Every change of a local mount goes
+#: through the kernel, so its caches stay right; remote changes invalidate them precisely.
+CACHE_TIMEOUT = 300.0
+
+
+def _translate(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except FsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class GroupCommitter:
+    """Makes closed files durable in the background, in batches: a close never waits for the
+    disk, and one fsync serves every close of the last few milliseconds. (The close itself has
+    already sealed its transaction into the log, so a killed mount process loses nothing.)"""
+
+    BATCH_SECONDS = 0.005
+
+    def __init__(self, service: FileSystemService) -> None:
+        self._service = service
+        self._wake = asyncio.Event()
+
+    def request(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.BATCH_SECONDS)
+            self._wake.clear()
+            try:
+                self._service.sync_all()
+            except Exception:
+                log.exception("background fsync failed")
+
+
+class FuseOperations(pyfuse3.Operations):
+    def __init__(
+        self,
+        service: FileSystemService,
+        committer: GroupCommitter | None = None,
+        *,
+        writeback: bool = False,
+        read_only: bool = False,
+    ) -> None:
+        super().__init__()
+        self.service = service
+        self.committer = committer
+        self.enable_writeback_cache = writeback
+        self.read_only = read_only
+
+    # -- conversions ---------------------------------------------------------------------------
+    @staticmethod
+    def entry(attr: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = attr.ino
+        e.generation = 0
+        e.entry_timeout = CACHE_TIMEOUT
+        e.attr_timeout = CACHE_TIMEOUT
+        e.st_mode = attr.mode
+        e.st_nlink = attr.nlink
+        e.st_uid = attr.uid
+        e.st_gid = attr.gid
+        e.st_rdev = attr.rdev
+        e.st_size = attr.size
+        e.st_blksize = attr.blksize
+        e.st_blocks = attr.blocks
+        e.st_atime_ns = attr.atime_ns
+        e.st_mtime_ns = attr.mtime_ns
+        e.st_ctime_ns = attr.ctime_ns
+        return e
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise FsError(errno.EROFS)
+
+    # -- handlers ------------------------------------------------------------------------------
+    @_translate
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        return self.entry(self.service.lookup(parent_inode, name))
+
+    @_translate
+    async def getattr(self, inode: int, ctx: Any = None) -> Any:
+        return self.entry(self.service.getattr(inode))
+
+    @_translate
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
+        self._writable()
+        changes = SetAttr(
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        return self.entry(self.service.setattr(inode, changes))
+
+    @_translate
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return self.service.readlink(inode)
+
+    @_translate
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        self._writable()
+        return self.entry(self.service.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
+
+    @_translate
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        self._writable()
+        return self.entry(self.service.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @_translate
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._writable()
+        self.service.unlink(parent_inode, name)
+
+    @_translate
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._writable()
+        self.service.rmdir(parent_inode, name)
+
+    @_translate
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        self._writable()
+        return self.entry(self.service.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
+
+    @_translate
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+        flags: int, ctx: Any,
+    ) -> None:  # fmt: skip
+        self._writable()
+        self.service.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @_translate
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        self._writable()
+        return self.entry(self.service.link(inode, new_parent_inode, new_name))
+
+    @_translate
+    async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            self._writable()
+        return pyfuse3.FileInfo(fh=self.service.open(inode), keep_cache=True)
+
+    @_translate
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
+        self._writable()
+        fh, attr = self.service.create(parent_inode, name, mode, ctx.uid, ctx.gid)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self.entry(attr)
+
+    @_translate
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return self.service.read(fh, off, size)
+
+    @_translate
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return self.service.write(fh, off, buf)
+
+    @_translate
+    async def flush(self, fh: int) -> None:
+        self.service.flush(fh)
+
+    @_translate
+    async def release(self, fh: int) -> None:
+        wrote = self.service.release(fh)
+        if wrote and self.committer is not None:
+            self.committer.request()
+
+    @_translate
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        self.service.fsync(fh)
+
+    @_translate
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        return self.service.opendir(inode)
+
+    @_translate
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        for name, attr, next_id in self.service.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, self.entry(attr), next_id):
+                break
+
+    @_translate
+    async def releasedir(self, fh: int) -> None:
+        self.service.releasedir(fh)
+
+    @_translate
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        self.service.sync_all()
+
+    @_translate
+    async def statfs(self, ctx: Any) -> Any:
+        s = self.service.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = s.block_size
+        out.f_frsize = s.block_size
+        out.f_blocks = s.blocks
+        out.f_bfree = s.blocks_free
+        out.f_bavail = s.blocks_avail
+        out.f_files = s.files
+        out.f_ffree = s.files_free
+        out.f_favail = s.files_free
+        out.f_namemax = s.name_max
+        return out

@@ -1,0 +1,741 @@
+"""The file system service: every POSIX operation the FUSE adapter forwards, as events.
+
+State changes are never made directly: each operation writes events through the chain session,
+and the ``FsIndexer`` folds them into the ``FsView`` - the same path a replay takes, so a
+remount always rebuilds exactly what was there. File writes are buffered per page (so a run of
+small writes becomes one page event) and flushed on fsync, close, a memory threshold or a timer.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import msgspec
+
+from application.ports import Clock, DataRef
+from application.session import ChainIntegrityError, ChainSession, ObjectKey
+from domain.chain import ChainIndex, Located
+from domain.events import Chunk, Confidentiality, Parent, Type
+from domain.formats import Format, decode, encode
+from domain.fs.model import (
+    COLL_DENTRIES,
+    COLL_INODES,
+    COLL_PAGES,
+    ROOT_INO,
+    TYPE_DENTRY,
+    TYPE_INODE,
+    TYPE_PAGE,
+    DentryData,
+    FsError,
+    InodeData,
+    check_name,
+    page_span,
+)
+from domain.fs.view import FsView
+from domain.hashing import derive_u64, h
+
+_T = TypeVar("_T")
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    rdev: int
+    blksize: int
+
+    @property
+    def blocks(self) -> int:
+        return (self.size + 511) // 512
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    block_size: int
+    blocks: int
+    blocks_free: int
+    blocks_avail: int
+    files: int
+    files_free: int
+    name_max: int
+
+
+@dataclass(slots=True)
+class SetAttr:
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+class FsIndexer:
+    """Folds inode, dentry and page events into the view (replay and live alike)."""
+
+    def __init__(self, view: FsView, session: ChainSession) -> None:
+        self.view = view
+        self.session = session
+        self.confs: dict[int, Confidentiality] = {}
+
+    def _payload(self, ev: Located) -> bytes:
+        if ev.plaintext is not None:
+            return ev.plaintext
+        assert isinstance(ev.locator, DataRef)
+        return self.session.read_payload(ev.header, ev.locator)
+
+    def on_event(self, index: ChainIndex, ev: Located, change: tuple[str, int] | None) -> None:
+        if change is None:
+            return
+        hdr = ev.header
+        typ = hdr.find(Type)
+        kind = typ.name if typ is not None else None
+        what, key = change
+        if what == "delete":
+            if kind == TYPE_DENTRY:
+                self.view.delete_dentry(key)
+            elif kind == TYPE_INODE:
+                self.view.delete_inode(key)
+                self.confs.pop(key, None)
+            elif kind == TYPE_PAGE:
+                parent, chunk = hdr.find(Parent), hdr.find(Chunk)
+                if parent is not None and chunk is not None:
+                    self.view.delete_page(parent.parent, chunk.index)
+            return
+        if kind == TYPE_PAGE:
+            parent, chunk = hdr.find(Parent), hdr.find(Chunk)
+            if parent is not None and chunk is not None:
+                self.view.put_page(parent.parent, chunk.index, (ev.locator, h(hdr.meta_bytes)))
+        elif kind == TYPE_INODE:
+            conf = hdr.find(Confidentiality)
+            if conf is not None:
+                self.confs[key] = conf
+            inode = ev.decoded if isinstance(ev.decoded, InodeData) else None
+            self.view.put_inode(key, inode or decode_struct(self._payload(ev), InodeData))
+        elif kind == TYPE_DENTRY:
+            parent = hdr.find(Parent)
+            if parent is not None:
+                dentry = ev.decoded if isinstance(ev.decoded, DentryData) else None
+                dentry = dentry or decode_struct(self._payload(ev), DentryData)
+                self.view.put_dentry(key, parent.parent, dentry)
+
+
+def encode_struct(obj: object, fmt: Format) -> bytes:
+    """A structured payload: one format byte, then the encoding (self-describing)."""
+    return bytes((int(fmt),)) + encode(obj, fmt)
+
+
+def decode_struct(payload: bytes, tp: type[_T]) -> _T:
+    if not payload:
+        raise ChainIntegrityError("empty structured payload")
+    try:
+        return decode(payload[1:], tp, Format(payload[0]))
+    except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ChainIntegrityError(f"undecodable {tp.__name__}: {exc}") from None
+
+
+@dataclass(slots=True)
+class _Handle:
+    ino: int
+    wrote: bool = False
+
+
+@dataclass(slots=True)
+class _DirHandle:
+    ino: int
+    entries: list[tuple[bytes, int]] = field(default_factory=list)
+
+
+class FileSystemService:
+    DIRTY_LIMIT = 16 * 1024 * 1024  # buffered page bytes before pages are written out
+    TX_LIMIT = 64 * 1024 * 1024  # event bytes in one transaction before it is sealed
+    PAGE_CACHE = 256  # decrypted pages kept for partial reads and read-modify-write
+    ATTEST_SECONDS = 1.0  # at most one ML-DSA signature of the chain's head per second
+
+    def __init__(
+        self,
+        session: ChainSession,
+        indexer: FsIndexer,
+        clock: Clock,
+        data_format: Format,
+        space: Callable[[], tuple[int, int, int]] | None = None,
+    ) -> None:
+        self.session = session
+        self.view = indexer.view
+        self.indexer = indexer
+        self.clock = clock
+        self.fmt = data_format
+        self.page_size = session.header.page_size
+        self._space = space
+        self._okeys: dict[int, ObjectKey] = {}
+        self._dirty_pages: dict[int, dict[int, bytearray]] = {}
+        self._dirty_bytes = 0
+        self._dirty_attr: dict[int, InodeData] = {}
+        self._dirty_since: float | None = None
+        self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._open: dict[int, int] = {}
+        self._handles: dict[int, _Handle] = {}
+        self._dirs: dict[int, _DirHandle] = {}
+        self._next_fh = 1
+        self._attested_at = float("-inf")
+
+    # -- set-up --------------------------------------------------------------------------------
+    def format_if_empty(self, uid: int, gid: int, mode: int = 0o755) -> None:
+        if ROOT_INO in self.view.inodes:
+            return
+        now = self.clock.now_ns()
+        root = InodeData(stat.S_IFDIR | mode, uid, gid, 0, now, now, now)
+        self._put_inode(ROOT_INO, root, self._new_okey(ROOT_INO))
+        self.session.sync()
+
+    def collect_orphans(self) -> int:
+        """Delete inodes no directory names (left by a crash while they were open)."""
+        orphans = [ino for ino in self.view.inodes if ino != ROOT_INO and self.view.nlink(ino) == 0]
+        for ino in orphans:
+            self._delete_inode(ino)
+        if orphans:
+            self.session.sync()
+        return len(orphans)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _new_okey(self, ino: int) -> ObjectKey | None:
+        if not self.session.encrypted:
+            return None
+        okey = self.session.new_object_key()
+        self._okeys[ino] = okey
+        return okey
+
+    def _okey(self, ino: int) -> ObjectKey | None:
+        if not self.session.encrypted:
+            return None
+        okey = self._okeys.get(ino)
+        if okey is None:
+            conf = self.indexer.confs.get(ino)
+            if conf is None:
+                raise FsError(errno.EIO, f"inode {ino} has no key")
+            okey = self._okeys[ino] = self.session.object_key(conf)
+        return okey
+
+    def _new_key(self) -> int:
+        while True:
+            key = (int.from_bytes(self.session.crypto.random(8), "little") >> 1) | 2
+            if key not in self.session.index.objects:
+                return key
+
+    def inode(self, ino: int) -> InodeData:
+        data = self._dirty_attr.get(ino)
+        if data is None:
+            data = self.view.inodes.get(ino)
+            if data is None:
+                raise FsError(errno.ENOENT)
+        return data
+
+    def _attr(self, ino: int, data: InodeData) -> Attr:
+        return Attr(
+            ino=ino,
+            mode=data.mode,
+            nlink=self.view.nlink(ino) if ino != ROOT_INO else 2 + self.view.subdirs.get(ino, 0),
+            uid=data.uid,
+            gid=data.gid,
+            size=data.size,
+            atime_ns=data.atime_ns,
+            mtime_ns=data.mtime_ns,
+            ctime_ns=data.ctime_ns,
+            rdev=data.rdev,
+            blksize=self.page_size,
+        )
+
+    def _put_inode(self, ino: int, data: InodeData, okey: ObjectKey | None = None) -> None:
+        self._dirty_attr.pop(ino, None)
+        self.session.write(
+            ino,
+            type_name=TYPE_INODE,
+            payload=encode_struct(data, self.fmt),
+            decoded=data,
+            okey=okey if okey is not None else self._okey(ino),
+            parent=None if ino == ROOT_INO else (ROOT_INO, COLL_INODES),
+        )
+
+    def _touch(self, ino: int, data: InodeData) -> None:
+        """Record new attributes lazily (coalesced until the next flush)."""
+        self._dirty_attr[ino] = data
+        if self._dirty_since is None:
+            self._dirty_since = self.clock.monotonic()
+
+    def _dir(self, ino: int) -> InodeData:
+        data = self.inode(ino)
+        if not data.is_dir:
+            raise FsError(errno.ENOTDIR)
+        return data
+
+    def _dir_changed(self, ino: int, now: int) -> None:
+        data = self.inode(ino)
+        self._touch(ino, _replace(data, mtime_ns=now, ctime_ns=now))
+
+    def _put_dentry(self, key: int, parent: int, name: bytes, ino: int) -> None:
+        dentry = DentryData(name, ino)
+        self.session.write(
+            key,
+            type_name=TYPE_DENTRY,
+            payload=encode_struct(dentry, self.fmt),
+            decoded=dentry,
+            okey=self._okey(parent),
+            parent=(parent, COLL_DENTRIES),
+        )
+
+    def _delete_dentry(self, key: int, parent: int) -> None:
+        self.session.delete(key, type_name=TYPE_DENTRY, parent=(parent, COLL_DENTRIES))
+
+    def _delete_inode(self, ino: int) -> None:
+        self._drop_dirty(ino)
+        self._dirty_attr.pop(ino, None)
+        for k in [k for k in self._cache if k[0] == ino]:
+            del self._cache[k]
+        self.session.delete(ino, type_name=TYPE_INODE, parent=(ROOT_INO, COLL_INODES))
+        self._okeys.pop(ino, None)
+
+    def _maybe_reap(self, ino: int) -> None:
+        if self.view.nlink(ino) == 0 and self._open.get(ino, 0) == 0 and ino in self.view.inodes:
+            self._delete_inode(ino)
+
+    # -- queries -------------------------------------------------------------------------------
+    def getattr(self, ino: int) -> Attr:
+        return self._attr(ino, self.inode(ino))
+
+    def lookup(self, parent: int, name: bytes) -> Attr:
+        self._dir(parent)
+        if name == b".":
+            return self.getattr(parent)
+        if name == b"..":
+            return self.getattr(self.view.parent_of(parent) or ROOT_INO)
+        entry = self.view.lookup(parent, name)
+        if entry is None:
+            raise FsError(errno.ENOENT)
+        return self.getattr(entry.inode)
+
+    def readlink(self, ino: int) -> bytes:
+        data = self.inode(ino)
+        if not data.is_link:
+            raise FsError(errno.EINVAL)
+        return data.target
+
+    def statfs(self) -> StatFs:
+        bsize = self.page_size
+        total, free, avail = self._space() if self._space else (1 << 40, 1 << 40, 1 << 40)
+        files = len(self.view.inodes)
+        return StatFs(
+            block_size=bsize,
+            blocks=total // bsize,
+            blocks_free=free // bsize,
+            blocks_avail=avail // bsize,
+            files=files + avail // bsize,
+            files_free=avail // bsize,
+            name_max=255,
+        )
+
+    # -- namespace -----------------------------------------------------------------------------
+    def _create(self, parent: int, name: bytes, data: InodeData) -> Attr:
+        check_name(name)
+        self._dir(parent)
+        if self.view.lookup(parent, name) is not None:
+            raise FsError(errno.EEXIST)
+        ino = self._new_key()
+        self._put_inode(ino, data, self._new_okey(ino))
+        self._put_dentry(self._new_key(), parent, name, ino)
+        self._dir_changed(parent, data.ctime_ns)
+        return self.getattr(ino)
+
+    def _new_inode(self, parent: int, mode: int, uid: int, gid: int, **kw: object) -> InodeData:
+        now = self.clock.now_ns()
+        pdata = self.inode(parent)
+        if pdata.mode & stat.S_ISGID:
+            gid = pdata.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return InodeData(mode, uid, gid, 0, now, now, now, **kw)  # type: ignore[arg-type]
+
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Attr:
+        if stat.S_IFMT(mode) == 0:
+            mode |= stat.S_IFREG
+        return self._create(parent, name, self._new_inode(parent, mode, uid, gid, rdev=rdev))
+
+    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
+        mode = stat.S_IFDIR | stat.S_IMODE(mode)
+        return self._create(parent, name, self._new_inode(parent, mode, uid, gid))
+
+    def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
+        mode = stat.S_IFLNK | 0o777
+        data = self._new_inode(parent, mode, uid, gid, target=target, size=len(target))
+        return self._create(parent, name, data)
+
+    def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> tuple[int, Attr]:
+        attr = self.mknod(parent, name, stat.S_IFREG | stat.S_IMODE(mode), 0, uid, gid)
+        return self._open_handle(attr.ino), attr
+
+    def link(self, ino: int, parent: int, name: bytes) -> Attr:
+        check_name(name)
+        self._dir(parent)
+        data = self.inode(ino)
+        if data.is_dir:
+            raise FsError(errno.EPERM)
+        if self.view.lookup(parent, name) is not None:
+            raise FsError(errno.EEXIST)
+        now = self.clock.now_ns()
+        self._put_dentry(self._new_key(), parent, name, ino)
+        self._touch(ino, _replace(data, ctime_ns=now))
+        self._dir_changed(parent, now)
+        return self.getattr(ino)
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        self._dir(parent)
+        entry = self.view.lookup(parent, name)
+        if entry is None:
+            raise FsError(errno.ENOENT)
+        data = self.inode(entry.inode)
+        if data.is_dir:
+            raise FsError(errno.EISDIR)
+        now = self.clock.now_ns()
+        self._delete_dentry(entry.dentry, parent)
+        self._dir_changed(parent, now)
+        if self.view.nlink(entry.inode) > 0 or self._open.get(entry.inode, 0) > 0:
+            self._touch(entry.inode, _replace(self.inode(entry.inode), ctime_ns=now))
+        self._maybe_reap(entry.inode)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        self._dir(parent)
+        entry = self.view.lookup(parent, name)
+        if entry is None:
+            raise FsError(errno.ENOENT)
+        self._dir(entry.inode)
+        if self.view.dirs.get(entry.inode):
+            raise FsError(errno.ENOTEMPTY)
+        self._delete_dentry(entry.dentry, parent)
+        self._dir_changed(parent, self.clock.now_ns())
+        self._maybe_reap(entry.inode)
+
+    def rename(self, op: int, oname: bytes, np: int, nname: bytes, flags: int = 0) -> None:
+        check_name(nname)
+        self._dir(op)
+        self._dir(np)
+        src = self.view.lookup(op, oname)
+        if src is None:
+            raise FsError(errno.ENOENT)
+        dst = self.view.lookup(np, nname)
+        sdata = self.inode(src.inode)
+        if flags & RENAME_NOREPLACE and dst is not None:
+            raise FsError(errno.EEXIST)
+        if flags & RENAME_EXCHANGE and dst is None:
+            raise FsError(errno.ENOENT)
+        if sdata.is_dir:
+            p: int | None = np
+            while p is not None:
+                if p == src.inode:
+                    raise FsError(errno.EINVAL, "cannot move a directory into itself")
+                p = self.view.parent_of(p) if p != ROOT_INO else None
+        now = self.clock.now_ns()
+        if dst is not None and flags & RENAME_EXCHANGE:
+            self._put_dentry(src.dentry, np, nname, src.inode)
+            self._put_dentry(dst.dentry, op, oname, dst.inode)
+        else:
+            if dst is not None:
+                if dst.inode == src.inode:
+                    return
+                ddata = self.inode(dst.inode)
+                if sdata.is_dir and not ddata.is_dir:
+                    raise FsError(errno.ENOTDIR)
+                if not sdata.is_dir and ddata.is_dir:
+                    raise FsError(errno.EISDIR)
+                if ddata.is_dir and self.view.dirs.get(dst.inode):
+                    raise FsError(errno.ENOTEMPTY)
+                self._delete_dentry(dst.dentry, np)
+                self._maybe_reap(dst.inode)
+            self._put_dentry(src.dentry, np, nname, src.inode)
+        self._touch(src.inode, _replace(self.inode(src.inode), ctime_ns=now))
+        self._dir_changed(op, now)
+        if np != op:
+            self._dir_changed(np, now)
+
+    # -- attributes ----------------------------------------------------------------------------
+    def setattr(self, ino: int, changes: SetAttr) -> Attr:
+        data = self.inode(ino)
+        now = self.clock.now_ns()
+        new = data
+        if changes.size is not None and changes.size != data.size:
+            if data.is_dir:
+                raise FsError(errno.EISDIR)
+            if not data.is_reg:
+                raise FsError(errno.EINVAL)
+            self._truncate(ino, data.size, changes.size)
+            new = _replace(new, size=changes.size, mtime_ns=now)
+        elif changes.size is not None:
+            new = _replace(new, mtime_ns=now)
+        if changes.mode is not None:
+            new = _replace(new, mode=stat.S_IFMT(data.mode) | stat.S_IMODE(changes.mode))
+        if changes.uid is not None or changes.gid is not None:
+            uid = changes.uid if changes.uid is not None else data.uid
+            gid = changes.gid if changes.gid is not None else data.gid
+            mode = new.mode
+            if not stat.S_ISDIR(mode) and (uid != data.uid or gid != data.gid):
+                mode &= ~stat.S_ISUID
+                if mode & stat.S_IXGRP:
+                    mode &= ~stat.S_ISGID
+            new = _replace(new, uid=uid, gid=gid, mode=mode)
+        if changes.atime_ns is not None:
+            new = _replace(new, atime_ns=changes.atime_ns)
+        if changes.mtime_ns is not None:
+            new = _replace(new, mtime_ns=changes.mtime_ns)
+        new = _replace(new, ctime_ns=now)
+        self._put_inode(ino, new)
+        return self._attr(ino, new)
+
+    # -- file contents -------------------------------------------------------------------------
+    def _open_handle(self, ino: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = _Handle(ino)
+        self._open[ino] = self._open.get(ino, 0) + 1
+        return fh
+
+    def open(self, ino: int) -> int:
+        self.inode(ino)
+        return self._open_handle(ino)
+
+    def _handle(self, fh: int) -> _Handle:
+        h = self._handles.get(fh)
+        if h is None:
+            raise FsError(errno.EBADF)
+        return h
+
+    def _load_page(self, ino: int, idx: int) -> bytes:
+        dirty = self._dirty_pages.get(ino)
+        if dirty is not None and idx in dirty:
+            return bytes(dirty[idx])
+        cached = self._cache.get((ino, idx))
+        if cached is not None:
+            self._cache.move_to_end((ino, idx))
+            return cached
+        pages = self.view.pages.get(ino)
+        ref = pages.get(idx) if pages else None
+        if ref is None:
+            return b""
+        loc, meta_hash = ref
+        try:
+            data = self.session.read_sealed(loc, meta_hash, self._okey(ino))
+        except ChainIntegrityError as exc:
+            raise FsError(errno.EIO, str(exc)) from None
+        self._cache[(ino, idx)] = data
+        if len(self._cache) > self.PAGE_CACHE:
+            self._cache.popitem(last=False)
+        return data
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        h = self._handle(fh)
+        data = self.inode(h.ino)
+        end = min(offset + size, data.size)
+        if offset >= end:
+            return b""
+        ps = self.page_size
+        out = bytearray()
+        for idx in page_span(offset, end - offset, ps):
+            page = self._load_page(h.ino, idx)
+            lo = max(offset, idx * ps) - idx * ps
+            hi = min(end, (idx + 1) * ps) - idx * ps
+            chunk = page[lo:hi]
+            out += chunk
+            if len(chunk) < hi - lo:
+                out += bytes(hi - lo - len(chunk))
+        return bytes(out)
+
+    def write(self, fh: int, offset: int, buf: bytes) -> int:
+        h = self._handle(fh)
+        data = self.inode(h.ino)
+        if not data.is_reg:
+            raise FsError(errno.EINVAL)
+        ps = self.page_size
+        dirty = self._dirty_pages.setdefault(h.ino, {})
+        end = offset + len(buf)
+        for idx in page_span(offset, len(buf), ps):
+            page = dirty.get(idx)
+            lo = max(offset, idx * ps) - idx * ps
+            hi = min(end, (idx + 1) * ps) - idx * ps
+            if page is None:
+                whole = lo == 0 and (hi == ps or idx * ps + hi >= data.size)
+                page = bytearray() if whole else bytearray(self._load_page(h.ino, idx))
+                self._cache.pop((h.ino, idx), None)
+                dirty[idx] = page
+                self._dirty_bytes += ps
+            if len(page) < lo:
+                page += bytes(lo - len(page))
+            src = idx * ps + lo - offset
+            page[lo:hi] = buf[src : src + hi - lo]
+        now = self.clock.now_ns()
+        mode = data.mode
+        if mode & (stat.S_ISUID | stat.S_ISGID):
+            mode &= ~stat.S_ISUID
+            if mode & stat.S_IXGRP:
+                mode &= ~stat.S_ISGID
+        self._touch(
+            h.ino, _replace(data, size=max(data.size, end), mtime_ns=now, ctime_ns=now, mode=mode)
+        )
+        h.wrote = True
+        if self._dirty_bytes > self.DIRTY_LIMIT:
+            self.flush_all()
+        return len(buf)
+
+    def _truncate(self, ino: int, old: int, new: int) -> None:
+        ps = self.page_size
+        keep = (new + ps - 1) // ps
+        dirty = self._dirty_pages.get(ino, {})
+        for idx in [i for i in dirty if i >= keep]:
+            del dirty[idx]
+        for idx in [i for i in self.view.pages.get(ino, {}) if i >= keep]:
+            self._cache.pop((ino, idx), None)
+            self.session.delete(
+                derive_u64(ino, idx),
+                type_name=TYPE_PAGE,
+                parent=(ino, COLL_PAGES),
+                extra=[Chunk(idx)],
+            )
+        if new < old and new % ps:
+            idx = new // ps
+            page = bytearray(self._load_page(ino, idx))[: new % ps]
+            self._cache.pop((ino, idx), None)
+            self._dirty_pages.setdefault(ino, {})[idx] = page
+
+    def _flush_pages(self, ino: int) -> None:
+        dirty = self._dirty_pages.pop(ino, None)
+        if not dirty:
+            return
+        okey = self._okey(ino)
+        size = self.inode(ino).size
+        ps = self.page_size
+        for idx in sorted(dirty):
+            page = dirty[idx]
+            valid = min(ps, max(0, size - idx * ps))
+            if len(page) > valid:
+                del page[valid:]
+            payload = bytes(page)
+            self.session.write(
+                derive_u64(ino, idx),
+                type_name=TYPE_PAGE,
+                payload=payload,
+                okey=okey,
+                parent=(ino, COLL_PAGES),
+                extra=[Chunk(idx)],
+            )
+            self._dirty_bytes -= ps
+
+    def _drop_dirty(self, ino: int) -> None:
+        dirty = self._dirty_pages.pop(ino, None)
+        if dirty:
+            self._dirty_bytes -= self.page_size * len(dirty)
+
+    def flush_file(self, ino: int) -> None:
+        self._flush_pages(ino)
+        data = self._dirty_attr.get(ino)
+        if data is not None:
+            self._put_inode(ino, data)
+
+    def flush_all(self) -> None:
+        for ino in list(self._dirty_pages):
+            self._flush_pages(ino)
+        for ino, data in list(self._dirty_attr.items()):
+            if ino in self.view.inodes:
+                self._put_inode(ino, data)
+        self._dirty_attr.clear()
+        self._dirty_since = None
+        if self.session.pending_bytes > self.TX_LIMIT:
+            self.session.commit()
+
+    def flush(self, fh: int) -> None:
+        self.flush_file(self._handle(fh).ino)
+
+    def fsync(self, fh: int) -> None:
+        self.flush_file(self._handle(fh).ino)
+        self.session.sync()
+
+    def release(self, fh: int) -> bool:
+        """Close a handle; True when it wrote (its data should be made durable)."""
+        h = self._handles.pop(fh, None)
+        if h is None:
+            return False
+        n = self._open.get(h.ino, 1) - 1
+        if n:
+            self._open[h.ino] = n
+        else:
+            self._open.pop(h.ino, None)
+        if h.ino in self.view.inodes:
+            self.flush_file(h.ino)
+            self._maybe_reap(h.ino)
+        if h.wrote:
+            self.session.commit()
+        return h.wrote
+
+    def sync_all(self) -> None:
+        """Write out, seal and fsync everything (syncfs, and the background durability)."""
+        self.flush_all()
+        self.session.sync()
+
+    def tick(self, idle_seconds: float = 1.0) -> bool:
+        """Write out and seal what has waited longer than ``idle_seconds``, sign the chain's
+        head, and fsync; True when anything was written."""
+        now = self.clock.monotonic()
+        waiting = [t for t in (self._dirty_since, self.session.pending_since) if t is not None]
+        if waiting and now - min(waiting) >= idle_seconds:
+            self.flush_all()
+            self.session.commit()
+        if self.session.has_pending or not self.session.unattested:
+            return False
+        if now - self._attested_at < self.ATTEST_SECONDS:
+            return False
+        self._attested_at = now
+        self.session.attest()
+        self.session.log.sync()
+        return True
+
+    def close(self) -> None:
+        """Write out everything, sign the head, fsync (unmount)."""
+        self.flush_all()
+        self.session.attest()
+        self.session.log.sync()
+
+    # -- directories ---------------------------------------------------------------------------
+    def opendir(self, ino: int) -> int:
+        self._dir(ino)
+        fh = self._next_fh
+        self._next_fh += 1
+        entries = [(name, e.inode) for name, e in self.view.dirs.get(ino, {}).items()]
+        self._dirs[fh] = _DirHandle(ino, entries)
+        return fh
+
+    def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Attr, int]]:
+        d = self._dirs.get(fh)
+        if d is None:
+            raise FsError(errno.EBADF)
+        for i in range(start, len(d.entries)):
+            name, ino = d.entries[i]
+            if ino not in self.view.inodes:
+                continue
+            yield name, self.getattr(ino), i + 1
+
+    def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+
+def _replace(data: InodeData, **changes: object) -> InodeData:
+    return msgspec.structs.replace(data, **changes)

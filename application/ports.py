@@ -1,0 +1,188 @@
+"""Ports: the only doors from the application to the world. Adapters implement them; fakes for
+tests subclass them too (never ``Mock``)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+# --- redo log ----------------------------------------------------------------------------------
+class LogError(Exception):
+    """Base of the errors a redo log raises; the message is meant for a human."""
+
+
+class LogNotFound(LogError):
+    pass
+
+
+class LogExists(LogError):
+    pass
+
+
+class LogCorrupt(LogError):
+    """A record in the middle of the log is damaged (not a torn tail)."""
+
+
+class LogHeaderError(LogError):
+    """The file is not a redo log of this program, or its header is damaged or truncated."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataRef:
+    """Where a record's data lies in the log: read it back with ``RedoLog.read_data``."""
+
+    offset: int
+    length: int
+    data_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One record: serialised metadata, its format byte, optional data, the commit flag.
+
+    ``commit`` marks the last record of a transaction. On open, records after the last commit
+    are a torn transaction and are cut.
+    """
+
+    meta: bytes
+    fmt: int
+    data: bytes | None
+    commit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedRecord:
+    """A record found while replaying: everything but the data, which stays on disk."""
+
+    position: int  # offset of the record's frame in the log
+    meta: bytes
+    fmt: int
+    data: DataRef | None
+    commit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReport:
+    """What opening a log found: bytes cut from a torn tail (0 when none)."""
+
+    cut_bytes: int
+    cut_from: int
+
+
+class RedoLog(abc.ABC):
+    """An append-only, checksummed log of records with a versioned header.
+
+    The header body is opaque to the log (the session stores the chain's parameters in it).
+    Data is read back by offset, so memory does not grow with the size of the log.
+    """
+
+    @property
+    @abc.abstractmethod
+    def header(self) -> bytes: ...
+
+    @property
+    @abc.abstractmethod
+    def open_report(self) -> OpenReport: ...
+
+    @abc.abstractmethod
+    def scan(self) -> Iterator[ScannedRecord]:
+        """Every committed record in order, from the start of the log."""
+
+    @abc.abstractmethod
+    def append(self, record: LogRecord) -> tuple[int, DataRef | None]:
+        """Append one record (not yet durable); return its position and its data's location."""
+
+    @abc.abstractmethod
+    def read_data(self, ref: DataRef) -> bytes:
+        """The data at ``ref``; raises ``LogCorrupt`` when its hash does not match."""
+
+    @abc.abstractmethod
+    def sync(self) -> None:
+        """Make everything appended so far durable (fsync)."""
+
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Bytes in the log, header included."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class RedoLogFactory(abc.ABC):
+    """Opens and creates the logs of chains (one log per chain name)."""
+
+    @abc.abstractmethod
+    def exists(self, chain: str) -> bool: ...
+
+    @abc.abstractmethod
+    def create(self, chain: str, header: bytes) -> RedoLog:
+        """A new empty log; raises ``LogExists`` if one is there."""
+
+    @abc.abstractmethod
+    def open(self, chain: str, *, read_only: bool = False) -> RedoLog:
+        """An existing log: header checked, torn tail cut (unless read-only), ready to scan."""
+
+    @abc.abstractmethod
+    def read_header(self, chain: str) -> bytes:
+        """Only the header body, changing nothing on disk."""
+
+    @abc.abstractmethod
+    def remove(self, chain: str) -> None: ...
+
+
+# --- crypto ------------------------------------------------------------------------------------
+class CryptoError(Exception):
+    """Decryption or authentication failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class KdfParams:
+    salt: bytes
+    iterations: int
+    memory_kib: int
+    lanes: int
+
+
+class Crypto(abc.ABC):
+    """Quantum-resistant primitives: AES-256-GCM, ML-DSA-65 signatures, Argon2id, randomness."""
+
+    @abc.abstractmethod
+    def random(self, n: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def derive_key(self, passcode: bytes, params: KdfParams) -> bytes: ...
+
+    @abc.abstractmethod
+    def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """nonce || ciphertext || tag, with a fresh random nonce."""
+
+    @abc.abstractmethod
+    def open(self, key: bytes, sealed: bytes, aad: bytes) -> bytes:
+        """Inverse of ``seal``; raises ``CryptoError`` when anything was altered."""
+
+    @abc.abstractmethod
+    def sign_keypair(self) -> tuple[bytes, bytes]:
+        """(public, secret) of a new signing key."""
+
+    @abc.abstractmethod
+    def sign(self, secret: bytes, message: bytes) -> bytes: ...
+
+    @abc.abstractmethod
+    def verify(self, public: bytes, message: bytes, signature: bytes) -> bool: ...
+
+
+# --- clock -------------------------------------------------------------------------------------
+class Clock(abc.ABC):
+    @abc.abstractmethod
+    def now_ms(self) -> int:
+        """Wall-clock milliseconds since the epoch (for event timestamps and file times)."""
+
+    @abc.abstractmethod
+    def now_ns(self) -> int:
+        """Wall-clock nanoseconds since the epoch (for file times)."""
+
+    @abc.abstractmethod
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back (for timers)."""

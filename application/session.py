@@ -1,0 +1,538 @@
+"""A chain session: opens or creates a chain on a redo log, replays and validates it, and writes
+new events - encrypted, hashed, and sealed per transaction with one ML-DSA signature.
+
+Encryption (see docs/adr/0004): the passcode gives the chain's read key through salted Argon2id
+(salt and cost in the log header). Every object has its own random key, wrapped by the read key
+and carried in the event's ``Confidentiality`` metadata; event data is AES-256-GCM under the
+object key, with the chain id and the metadata hash as associated data, so data cannot be moved
+to another event, object or chain without detection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from application.ports import (
+    Clock,
+    Crypto,
+    CryptoError,
+    DataRef,
+    KdfParams,
+    LogError,
+    LogRecord,
+    RedoLog,
+    RedoLogFactory,
+    ScannedRecord,
+)
+from domain.chain import (
+    Authenticator,
+    AuthorizationValidator,
+    ChainIndex,
+    Indexer,
+    LocalSealAuthenticator,
+    Located,
+    Pipeline,
+    SignatureValidator,
+    Transaction,
+)
+from domain.errors import DomainError
+from domain.events import (
+    Confidentiality,
+    DataKey,
+    EncryptedPrivateKey,
+    EventHeader,
+    LocalSeal,
+    Meta,
+    Parent,
+    PublicKey,
+    Signature,
+    Timestamp,
+    Tombstone,
+    Type,
+    WriteEveryone,
+    WriteOption,
+    WriteSpecific,
+    make_header,
+    parse_header,
+)
+from domain.formats import Format
+from domain.hashing import h, key_hash, local_mac, seal_key, transaction_digest
+
+CHAIN_KEY_OBJECT = 2
+TYPE_CHAIN_KEY = "chain-key"
+HEADER_VERSION = 1
+KEY_CHECK = b"wasmer-dfs/key-check/v1"
+
+
+class SessionError(Exception):
+    """Opening or using a chain failed; the message is meant for a human."""
+
+
+class WrongPasscode(SessionError):
+    pass
+
+
+class ChainMismatch(SessionError):
+    pass
+
+
+class ChainIntegrityError(SessionError):
+    pass
+
+
+class KdfHeader(msgspec.Struct, frozen=True):
+    salt: bytes
+    iterations: int
+    memory_kib: int
+    lanes: int
+
+    def params(self) -> KdfParams:
+        return KdfParams(self.salt, self.iterations, self.memory_kib, self.lanes)
+
+
+class ChainHeader(msgspec.Struct, frozen=True):
+    version: int
+    chain_id: bytes
+    name: str
+    created_ms: int
+    encrypted: bool
+    kdf: KdfHeader | None
+    key_check: bytes
+    root_key_hash: bytes | None
+    page_size: int
+
+    def encode(self) -> bytes:
+        return msgspec.msgpack.encode(self)
+
+    @classmethod
+    def decode(cls, body: bytes) -> ChainHeader:
+        try:
+            hdr = msgspec.msgpack.decode(body, type=cls)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ChainIntegrityError(f"the chain header is unreadable: {exc}") from None
+        if hdr.version > HEADER_VERSION:
+            raise ChainIntegrityError(
+                f"chain header version {hdr.version} is newer than this program"
+            )
+        return hdr
+
+    @property
+    def root_write(self) -> WriteOption:
+        if self.root_key_hash is None:
+            return WriteEveryone()
+        return WriteSpecific(self.root_key_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectKey:
+    key: bytes
+    conf: Confidentiality
+
+
+@dataclass(frozen=True, slots=True)
+class Formats:
+    meta: Format = Format.BINCODE
+    data: Format = Format.BINCODE
+
+
+DEFAULT_KDF = (3, 64 * 1024, 4)  # iterations, memory KiB, lanes: ~0.16 s here
+
+
+class ChainSession:
+    def __init__(
+        self,
+        log: RedoLog,
+        header: ChainHeader,
+        crypto: Crypto,
+        clock: Clock,
+        read_key: bytes | None,
+        formats: Formats,
+        indexers: Sequence[Indexer] = (),
+    ) -> None:
+        self.log = log
+        self.header = header
+        self.crypto = crypto
+        self.clock = clock
+        self.formats = formats
+        self._read_key = read_key
+        self._read_key_hash = key_hash(read_key) if read_key is not None else b""
+        self.index = ChainIndex(chain_id=header.chain_id, root_write=header.root_write)
+        self._keys = _ChainKeyWatcher()
+        self._seal_key = seal_key(read_key) if read_key is not None else None
+        authenticators: list[Authenticator] = [SignatureValidator(crypto.verify)]
+        if self._seal_key is not None and header.root_key_hash is not None:
+            authenticators.append(LocalSealAuthenticator(self._seal_key, header.root_key_hash))
+        self.pipeline = Pipeline(
+            validators=[AuthorizationValidator(authenticators)],
+            indexers=[self._keys, *indexers],
+        )
+        self._unwrapped: dict[bytes, bytes] = {}
+        self._signing: tuple[bytes, bytes] | None = None  # (public key hash, secret key)
+        self._pending: list[bytes] = []
+        self.pending_since: float | None = None
+        self.pending_bytes = 0
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        logs: RedoLogFactory,
+        chain: str,
+        passcode: bytes | None,
+        crypto: Crypto,
+        clock: Clock,
+        formats: Formats,
+        page_size: int,
+        indexers: Sequence[Indexer] = (),
+        kdf: tuple[int, int, int] = DEFAULT_KDF,
+    ) -> ChainSession:
+        chain_id = crypto.random(16)
+        read_key: bytes | None = None
+        kdf_hdr: KdfHeader | None = None
+        key_check = b""
+        root_hash: bytes | None = None
+        public = secret = b""
+        if passcode is not None:
+            kdf_hdr = KdfHeader(crypto.random(16), *kdf)
+            read_key = crypto.derive_key(passcode, kdf_hdr.params())
+            key_check = crypto.seal(read_key, KEY_CHECK, chain_id)
+            public, secret = crypto.sign_keypair()
+            root_hash = key_hash(public)
+        header = ChainHeader(
+            version=HEADER_VERSION,
+            chain_id=chain_id,
+            name=chain,
+            created_ms=clock.now_ms(),
+            encrypted=passcode is not None,
+            kdf=kdf_hdr,
+            key_check=key_check,
+            root_key_hash=root_hash,
+            page_size=page_size,
+        )
+        log = logs.create(chain, header.encode())
+        session = cls(log, header, crypto, clock, read_key, formats, indexers)
+        if read_key is not None and root_hash is not None:
+            session._signing = (root_hash, secret)
+            okey = session.new_object_key()
+            sealed_secret = crypto.seal(okey.key, secret, chain_id)
+            session.write(
+                CHAIN_KEY_OBJECT,
+                type_name=TYPE_CHAIN_KEY,
+                payload=None,
+                raw_data=sealed_secret,
+                okey=okey,
+                extra=[
+                    PublicKey(public),
+                    EncryptedPrivateKey(root_hash, session._read_key_hash, b""),
+                ],
+            )
+            session.commit(sign=True)
+            session.attest()
+            session.log.sync()
+        return session
+
+    @classmethod
+    def open(
+        cls,
+        logs: RedoLogFactory,
+        chain: str,
+        passcode: bytes | None,
+        crypto: Crypto,
+        clock: Clock,
+        formats: Formats,
+        indexers: Sequence[Indexer] = (),
+        read_only: bool = False,
+    ) -> ChainSession:
+        header = ChainHeader.decode(logs.read_header(chain))
+        if header.name != chain:
+            raise ChainMismatch(
+                f"this log belongs to chain {header.name!r}, not {chain!r}"
+                f" (chain id {header.chain_id.hex()})"
+            )
+        read_key = cls._check_passcode(header, passcode, crypto)
+        log = logs.open(chain, read_only=read_only)
+        return cls(log, header, crypto, clock, read_key, formats, indexers)
+
+    def start(self) -> int:
+        """Replay the log through the pipeline (validating it) and load the signing key;
+        returns the number of transactions replayed."""
+        try:
+            count = self.replay()
+            if self._read_key is not None:
+                self._load_signing_key()
+        except BaseException:
+            self.log.close()
+            raise
+        return count
+
+    @staticmethod
+    def _check_passcode(
+        header: ChainHeader, passcode: bytes | None, crypto: Crypto
+    ) -> bytes | None:
+        if not header.encrypted:
+            if passcode is not None:
+                raise SessionError(
+                    "this chain was created with --no-auth and is not encrypted: mount it with"
+                    " --no-auth (no passcode)"
+                )
+            return None
+        if passcode is None:
+            raise SessionError("this chain is encrypted: a passcode is needed to mount it")
+        if header.kdf is None:
+            raise ChainIntegrityError("the chain header has no key-derivation parameters")
+        read_key = crypto.derive_key(passcode, header.kdf.params())
+        try:
+            if crypto.open(read_key, header.key_check, header.chain_id) != KEY_CHECK:
+                raise CryptoError("key check mismatch")
+        except CryptoError:
+            raise WrongPasscode(
+                "wrong passcode: it does not open this chain (nothing was changed)"
+            ) from None
+        return read_key
+
+    def _load_signing_key(self) -> None:
+        found = self._keys.latest
+        if found is None or self.header.root_key_hash is None:
+            raise ChainIntegrityError("the chain's signing key is missing from the log")
+        conf = found.header.find(Confidentiality)
+        ref = found.locator
+        if not isinstance(conf, Confidentiality) or not isinstance(ref, DataRef):
+            raise ChainIntegrityError("the chain's signing key is not sealed")
+        try:
+            secret = self.crypto.open(
+                self.unwrap(conf), self.log.read_data(ref), self.header.chain_id
+            )
+        except CryptoError:
+            raise ChainIntegrityError("the chain's signing key does not decrypt") from None
+        self._signing = (self.header.root_key_hash, secret)
+
+    def add_indexer(self, indexer: Indexer) -> None:
+        self.pipeline.indexers.append(indexer)
+
+    @property
+    def log_closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        self._closed = True
+        self.log.close()
+
+    # -- replay --------------------------------------------------------------------------------
+    def transactions(self) -> Iterator[Transaction]:
+        events: list[Located] = []
+        for rec in self.log.scan():
+            hdr = self._parse(rec)
+            if rec.commit:
+                yield Transaction(events=tuple(events), seal=hdr)
+                events = []
+            else:
+                events.append(Located(hdr, rec.data))
+
+    def _parse(self, rec: ScannedRecord) -> EventHeader:
+        data_hash = rec.data.data_hash if rec.data is not None else h(b"")
+        try:
+            return parse_header(rec.meta, rec.fmt, data_hash)
+        except DomainError as exc:
+            raise ChainIntegrityError(f"record at offset {rec.position}: {exc}") from None
+
+    def replay(self) -> int:
+        count = 0
+        try:
+            for tx in self.transactions():
+                self.pipeline.accept(self.index, tx)
+                count += 1
+        except DomainError as exc:
+            raise ChainIntegrityError(f"the log fails validation: {exc}") from None
+        except LogError as exc:
+            raise ChainIntegrityError(str(exc)) from None
+        return count
+
+    # -- keys ----------------------------------------------------------------------------------
+    @property
+    def encrypted(self) -> bool:
+        return self._read_key is not None
+
+    def new_object_key(self) -> ObjectKey:
+        if self._read_key is None:
+            raise SessionError("no read key: the chain is not encrypted")
+        key = self.crypto.random(32)
+        wrapped = self.crypto.seal(self._read_key, key, self.header.chain_id)
+        self._unwrapped[wrapped] = key
+        return ObjectKey(key, Confidentiality(self._read_key_hash, wrapped))
+
+    def unwrap(self, conf: Confidentiality) -> bytes:
+        key = self._unwrapped.get(conf.wrapped_key)
+        if key is None:
+            if self._read_key is None or conf.key_hash != self._read_key_hash:
+                raise ChainIntegrityError("data is encrypted for a key this session lacks")
+            try:
+                key = self.crypto.open(self._read_key, conf.wrapped_key, self.header.chain_id)
+            except CryptoError:
+                raise ChainIntegrityError("an object key does not unwrap") from None
+            self._unwrapped[conf.wrapped_key] = key
+        return key
+
+    def object_key(self, conf: Confidentiality) -> ObjectKey:
+        return ObjectKey(self.unwrap(conf), conf)
+
+    # -- data ----------------------------------------------------------------------------------
+    def read_payload(self, hdr: EventHeader, ref: DataRef) -> bytes:
+        """The plaintext of an event's data (read from disk, verified, decrypted)."""
+        conf = hdr.find(Confidentiality)
+        okey = self.object_key(conf) if isinstance(conf, Confidentiality) else None
+        return self.read_sealed(ref, h(hdr.meta_bytes), okey)
+
+    def read_sealed(self, ref: DataRef, meta_hash: bytes, okey: ObjectKey | None) -> bytes:
+        """Data at ``ref`` of the event whose metadata hashes to ``meta_hash``, decrypted."""
+        try:
+            raw = self.log.read_data(ref)
+        except LogError as exc:
+            raise ChainIntegrityError(str(exc)) from None
+        if okey is None:
+            if self._read_key is not None:
+                raise ChainIntegrityError("unencrypted data in an encrypted chain")
+            return raw
+        try:
+            return self.crypto.open(okey.key, raw, self.header.chain_id + meta_hash)
+        except CryptoError:
+            raise ChainIntegrityError(
+                f"data at offset {ref.offset} fails authentication (altered or misplaced)"
+            ) from None
+
+    # -- writing -------------------------------------------------------------------------------
+    def write(
+        self,
+        key: int,
+        *,
+        type_name: str,
+        payload: bytes | None,
+        okey: ObjectKey | None,
+        parent: tuple[int, int] | None = None,
+        extra: Sequence[Meta] = (),
+        raw_data: bytes | None = None,
+        decoded: object = None,
+    ) -> Located:
+        """Append a new version of object ``key`` (pending until the next ``commit``)."""
+        meta: list[Meta] = [DataKey(key), Type(type_name)]
+        if parent is not None:
+            meta.append(Parent(parent[0], parent[1]))
+        meta.extend(extra)
+        meta.append(Timestamp(self.clock.now_ms()))
+        if okey is not None:
+            meta.append(okey.conf)
+        return self._append(meta, payload, okey, raw_data, decoded)
+
+    def delete(
+        self,
+        key: int,
+        *,
+        type_name: str,
+        parent: tuple[int, int] | None,
+        extra: Sequence[Meta] = (),
+    ) -> Located:
+        meta: list[Meta] = [Tombstone(key), Type(type_name)]
+        if parent is not None:
+            meta.append(Parent(parent[0], parent[1]))
+        meta.extend(extra)
+        meta.append(Timestamp(self.clock.now_ms()))
+        return self._append(meta, None, None, None, None)
+
+    def _append(
+        self,
+        meta: list[Meta],
+        payload: bytes | None,
+        okey: ObjectKey | None,
+        raw: bytes | None,
+        decoded: object,
+    ) -> Located:
+        hdr0 = make_header(meta, self.formats.meta, None)
+        if raw is not None:
+            data: bytes | None = raw
+        elif payload is None:
+            data = None
+        elif okey is not None:
+            data = self.crypto.seal(okey.key, payload, self.header.chain_id + h(hdr0.meta_bytes))
+        else:
+            data = payload
+        hdr = EventHeader(
+            meta=hdr0.meta,
+            meta_bytes=hdr0.meta_bytes,
+            data_hash=h(data) if data else h(b""),
+            fmt=hdr0.fmt,
+        )
+        _, ref = self.log.append(LogRecord(hdr.meta_bytes, int(self.formats.meta), data, False))
+        self._pending.append(hdr.hash)
+        if self.pending_since is None:
+            self.pending_since = self.clock.monotonic()
+        self.pending_bytes += len(data) if data else 0
+        located = Located(hdr, ref, payload, decoded)
+        self.pipeline.apply(self.index, [located])
+        return located
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def commit(self, *, sign: bool = False) -> bool:
+        """Seal the pending transaction. Local writes are sealed with a keyed hash (cheap, so a
+        close or fsync never waits for a signature); ``sign`` seals with an ML-DSA signature
+        instead (what a transaction bound for other nodes needs)."""
+        if not self._pending:
+            return False
+        meta: list[Meta] = [Timestamp(self.clock.now_ms())]
+        digest = transaction_digest(self.header.chain_id, self._pending)
+        if sign and self._signing is not None:
+            pk_hash, secret = self._signing
+            meta.insert(0, Signature(pk_hash, digest, self.crypto.sign(secret, digest)))
+        elif self._seal_key is not None:
+            meta.insert(0, LocalSeal(local_mac(self._seal_key, digest)))
+        self._append_seal(meta)
+        self._pending = []
+        self.pending_since = None
+        self.pending_bytes = 0
+        return True
+
+    def _append_seal(self, meta: list[Meta]) -> None:
+        hdr = make_header(meta, self.formats.meta, None)
+        self.log.append(LogRecord(hdr.meta_bytes, int(self.formats.meta), None, True))
+
+    @property
+    def unattested(self) -> bool:
+        return self.index.head != self.index.attested
+
+    def attest(self) -> bool:
+        """Sign the head of the chain: one ML-DSA signature vouches for all history before it.
+        Runs in the background about once a second while there are writes, and at unmount."""
+        self.commit()
+        if self._signing is None or not self.unattested:
+            return False
+        pk_hash, secret = self._signing
+        head = self.index.head
+        self._append_seal(
+            [
+                Signature(pk_hash, head, self.crypto.sign(secret, head)),
+                Timestamp(self.clock.now_ms()),
+            ]
+        )
+        self.index.attested = head
+        return True
+
+    def sync(self) -> None:
+        """Commit and make everything durable."""
+        self.commit()
+        self.log.sync()
+
+
+class _ChainKeyWatcher:
+    """Remembers the newest event of the chain's signing-key object during replay."""
+
+    def __init__(self) -> None:
+        self.latest: Located | None = None
+
+    def on_event(self, index: ChainIndex, ev: Located, change: tuple[str, int] | None) -> None:
+        if change == ("put", CHAIN_KEY_OBJECT):
+            self.latest = ev

@@ -1,0 +1,1 @@
+"""Benchmark harness of wasmer-dfs: compares our FUSE mount with peer file systems."""

@@ -1,0 +1,328 @@
+"""The chain's state as a fold of events, and the validation pipeline that guards it.
+
+``ChainIndex`` is the generic materialised view every chain has: which objects exist, where their
+newest event lies (an opaque locator that the log adapter understands), their parent links,
+authorisations and the public keys seen. Domain-specific views (the file tree) plug in as
+``Indexer``s and see each accepted event after it is applied.
+
+A transaction is a run of events closed by a *seal* event that carries one signature per write
+key over ``transaction_digest(chain_id, hashes)``. Nothing of a transaction is applied until the
+whole of it validates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from domain.errors import BadSignature, MalformedEvent, TransactionRejected, Unauthorised
+from domain.events import (
+    Authorization,
+    DataKey,
+    EventHeader,
+    LocalSeal,
+    Parent,
+    PublicKey,
+    Signature,
+    Timestamp,
+    Tombstone,
+    Type,
+    WriteAny,
+    WriteEveryone,
+    WriteInherit,
+    WriteNobody,
+    WriteOption,
+    WriteSpecific,
+)
+from domain.hashing import (
+    chain_head,
+    genesis_head,
+    key_hash,
+    local_mac,
+    transaction_digest,
+)
+
+#: verify(public_key, message, signature) -> True when the signature holds
+Verifier = Callable[[bytes, bytes, bytes], bool]
+
+
+@dataclass(slots=True)
+class ObjectInfo:
+    key: int
+    parent: int | None
+    collection: int
+    auth: Authorization | None
+    type_name: str | None
+    locator: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """An event with where its data lies (a log locator, opaque to the domain) and, when the
+    writer has it at hand, the data's plaintext (so that indexers need not decrypt it again)."""
+
+    header: EventHeader
+    locator: Any
+    plaintext: bytes | None = None
+    #: the decoded plaintext, when the writer has it (spares indexers a decode)
+    decoded: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    events: tuple[Located, ...]
+    seal: EventHeader
+
+    @property
+    def signatures(self) -> list[Signature]:
+        return [m for m in self.seal.meta if isinstance(m, Signature)]
+
+
+@dataclass(slots=True)
+class ChainIndex:
+    chain_id: bytes
+    root_write: WriteOption
+    objects: dict[int, ObjectInfo] = field(default_factory=dict)
+    children: dict[int, set[int]] = field(default_factory=dict)
+    public_keys: dict[bytes, bytes] = field(default_factory=dict)
+    #: head of the hash chain over every accepted event (see ``chain_head``)
+    head: bytes = b""
+    #: the head that the newest signature attests to
+    attested: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not self.head:
+            self.head = self.attested = genesis_head(self.chain_id)
+
+    # -- queries -------------------------------------------------------------------------------
+    def effective_write(
+        self, key: int | None, overlay: dict[int, ObjectInfo | None]
+    ) -> WriteOption:
+        seen = 0
+        while key is not None:
+            info = overlay[key] if key in overlay else self.objects.get(key)
+            if info is None:
+                break
+            if info.auth is not None and not isinstance(info.auth.write, WriteInherit):
+                return info.auth.write
+            key = info.parent
+            seen += 1
+            if seen > 4096:
+                raise MalformedEvent("parent links form a cycle")
+        return self.root_write
+
+    # -- fold ----------------------------------------------------------------------------------
+    def apply(self, ev: Located) -> tuple[str, int] | None:
+        """Apply one accepted event; returns ('put'|'delete', key) or None for key-less events."""
+        hdr = ev.header
+        self.head = chain_head(self.head, hdr.hash)
+        for m in hdr.meta:
+            if isinstance(m, PublicKey):
+                self.public_keys[key_hash(m.key)] = m.key
+        tomb = hdr.find(Tombstone)
+        if tomb is not None:
+            self._delete(tomb.key)
+            return ("delete", tomb.key)
+        dk = hdr.find(DataKey)
+        if dk is None:
+            return None
+        info = _info_from(hdr, dk.key, ev.locator, self.objects.get(dk.key))
+        old = self.objects.get(dk.key)
+        if old is not None and old.parent != info.parent and old.parent is not None:
+            self.children.get(old.parent, set()).discard(dk.key)
+        self.objects[dk.key] = info
+        if info.parent is not None:
+            self.children.setdefault(info.parent, set()).add(dk.key)
+        return ("put", dk.key)
+
+    def _delete(self, key: int) -> None:
+        stack = [key]
+        while stack:
+            k = stack.pop()
+            info = self.objects.pop(k, None)
+            if info is not None and info.parent is not None:
+                siblings = self.children.get(info.parent)
+                if siblings is not None:
+                    siblings.discard(k)
+            stack.extend(self.children.pop(k, ()))
+
+
+def _info_from(hdr: EventHeader, key: int, locator: Any, old: ObjectInfo | None) -> ObjectInfo:
+    parent = hdr.find(Parent)
+    auth = hdr.find(Authorization)
+    typ = hdr.find(Type)
+    if parent is None and old is not None:
+        pk, coll = old.parent, old.collection
+    else:
+        pk, coll = (parent.parent, parent.collection) if parent is not None else (None, 0)
+    return ObjectInfo(
+        key=key,
+        parent=pk,
+        collection=coll,
+        auth=auth if auth is not None else (old.auth if old is not None else None),
+        type_name=typ.name if typ is not None else (old.type_name if old else None),
+        locator=locator,
+    )
+
+
+# --- validation pipeline -----------------------------------------------------------------------
+class Validator(Protocol):
+    def validate(self, index: ChainIndex, tx: Transaction) -> None:
+        """Raise a DomainError when the transaction must be refused."""
+
+
+class Indexer(Protocol):
+    def on_event(self, index: ChainIndex, ev: Located, change: tuple[str, int] | None) -> None:
+        """See an accepted event after the chain index applied it."""
+
+
+class Authenticator(Protocol):
+    def signers(self, index: ChainIndex, tx: Transaction) -> set[bytes]:
+        """The key hashes that vouch for ``tx``; raise a DomainError for a bad proof."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureValidator:
+    """Every signature verifies and covers exactly this transaction on this chain - or, for a
+    transaction with no events (an attestation), the head of the chain at that point."""
+
+    verify: Verifier
+
+    def signers(self, index: ChainIndex, tx: Transaction) -> set[bytes]:
+        if tx.events:
+            digest = transaction_digest(index.chain_id, (e.header.hash for e in tx.events))
+        else:
+            digest = index.head
+        keys = dict(index.public_keys)
+        for e in tx.events:
+            for m in e.header.meta:
+                if isinstance(m, PublicKey):
+                    keys[key_hash(m.key)] = m.key
+        signers: set[bytes] = set()
+        for sig in tx.signatures:
+            if sig.digest != digest:
+                raise BadSignature("a signature covers other events than this transaction's")
+            pk = keys.get(sig.public_key_hash)
+            if pk is None:
+                raise BadSignature("a signature names a public key the chain does not hold")
+            if not self.verify(pk, digest, sig.signature):
+                raise BadSignature("a signature does not verify")
+            signers.add(sig.public_key_hash)
+        return signers
+
+    def validate(self, index: ChainIndex, tx: Transaction) -> None:
+        self.signers(index, tx)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSealAuthenticator:
+    """A replica's own transactions, sealed with a key only holders of the read key have; a valid
+    seal vouches as the chain's root key (whose secret the same read key unlocks)."""
+
+    seal_key: bytes
+    grants: bytes
+
+    def signers(self, index: ChainIndex, tx: Transaction) -> set[bytes]:
+        seal = tx.seal.find(LocalSeal)
+        if seal is None:
+            return set()
+        digest = transaction_digest(index.chain_id, (e.header.hash for e in tx.events))
+        if local_mac(self.seal_key, digest) != seal.mac:
+            raise BadSignature("a local seal does not match its transaction")
+        return {self.grants}
+
+
+def _allowed(option: WriteOption, signers: set[bytes]) -> bool:
+    if isinstance(option, WriteEveryone):
+        return True
+    if isinstance(option, WriteNobody):
+        return False
+    if isinstance(option, WriteSpecific):
+        return option.key_hash in signers
+    if isinstance(option, WriteAny):
+        return any(k in signers for k in option.key_hashes)
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationValidator:
+    """Each write is checked against the authorisation stored before it: an update needs the
+    object's current write key, a creation its parent's (or the chain root's)."""
+
+    authenticators: Sequence[Authenticator]
+
+    def validate(self, index: ChainIndex, tx: Transaction) -> None:
+        signers: set[bytes] = set()
+        for auth in self.authenticators:
+            signers |= auth.signers(index, tx)
+        overlay: dict[int, ObjectInfo | None] = {}
+        for ev in tx.events:
+            hdr = ev.header
+            tomb = hdr.find(Tombstone)
+            dk = hdr.find(DataKey)
+            key = tomb.key if tomb is not None else (dk.key if dk is not None else None)
+            if key is None:
+                continue
+            existing = overlay[key] if key in overlay else index.objects.get(key)
+            if existing is not None:
+                needed = index.effective_write(key, overlay)
+            else:
+                parent = hdr.find(Parent)
+                if tomb is not None:
+                    continue  # deleting what does not exist changes nothing
+                if parent is not None:
+                    p = parent.parent
+                    if p not in overlay and p not in index.objects:
+                        raise MalformedEvent(f"object {key} names a parent that does not exist")
+                needed = index.effective_write(parent.parent if parent else None, overlay)
+            if not _allowed(needed, signers):
+                raise Unauthorised(f"write to object {key} is not authorised by its signers")
+            if tomb is not None:
+                overlay[key] = None
+            else:
+                overlay[key] = _info_from(hdr, key, None, existing)
+                if existing is not None and hdr.find(Authorization) is not None:
+                    # changing who may write needs the write right before the change: done above
+                    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampValidator:
+    """Events stamped further in the future than the tolerance are refused (``now`` is given)."""
+
+    now_ms: int
+    tolerance_ms: int
+
+    def validate(self, index: ChainIndex, tx: Transaction) -> None:
+        for hdr in (*(e.header for e in tx.events), tx.seal):
+            ts = hdr.find(Timestamp)
+            if ts is not None and ts.ms > self.now_ms + self.tolerance_ms:
+                raise TransactionRejected("an event is stamped too far in the future")
+
+
+@dataclass(slots=True)
+class Pipeline:
+    validators: Sequence[Validator]
+    indexers: list[Indexer] = field(default_factory=list)
+
+    def check(self, index: ChainIndex, tx: Transaction) -> None:
+        for v in self.validators:
+            try:
+                v.validate(index, tx)
+            except TransactionRejected:
+                raise
+            except (BadSignature, Unauthorised, MalformedEvent) as exc:
+                raise TransactionRejected(str(exc)) from exc
+
+    def apply(self, index: ChainIndex, events: Iterable[Located]) -> None:
+        for ev in events:
+            change = index.apply(ev)
+            for ix in self.indexers:
+                ix.on_event(index, ev, change)
+
+    def accept(self, index: ChainIndex, tx: Transaction) -> None:
+        self.check(index, tx)
+        if not tx.events and tx.signatures:
+            index.attested = index.head
+        self.apply(index, tx.events)

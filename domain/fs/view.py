@@ -1,0 +1,110 @@
+"""The materialised file tree: a pure fold of inode, dentry and page events.
+
+Lookups are dictionary lookups (never linear in directory size); page data stays wherever the
+locator says (on disk), the view holds only locators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain.fs.model import DentryData, InodeData
+
+
+@dataclass(slots=True)
+class Entry:
+    dentry: int
+    inode: int
+
+
+@dataclass(slots=True)
+class FsView:
+    inodes: dict[int, InodeData] = field(default_factory=dict)
+    #: directory inode -> name -> entry
+    dirs: dict[int, dict[bytes, Entry]] = field(default_factory=dict)
+    #: dentry key -> (directory, name, inode)
+    dentries: dict[int, tuple[int, bytes, int]] = field(default_factory=dict)
+    #: inode -> number of dentries naming it
+    links: dict[int, int] = field(default_factory=dict)
+    #: directory -> number of sub-directories (for nlink)
+    subdirs: dict[int, int] = field(default_factory=dict)
+    #: inode -> page index -> locator of the page's data
+    pages: dict[int, dict[int, Any]] = field(default_factory=dict)
+    #: directory -> the directory that names it
+    dir_parent: dict[int, int] = field(default_factory=dict)
+
+    # -- queries -------------------------------------------------------------------------------
+    def lookup(self, parent: int, name: bytes) -> Entry | None:
+        d = self.dirs.get(parent)
+        return d.get(name) if d is not None else None
+
+    def nlink(self, ino: int) -> int:
+        data = self.inodes.get(ino)
+        if data is not None and data.is_dir:
+            return 2 + self.subdirs.get(ino, 0)
+        return self.links.get(ino, 0)
+
+    def parent_of(self, directory: int) -> int | None:
+        """The directory containing ``directory`` (directories have exactly one dentry)."""
+        return self.dir_parent.get(directory)
+
+    # -- fold ----------------------------------------------------------------------------------
+    def put_inode(self, key: int, data: InodeData) -> None:
+        old = self.inodes.get(key)
+        self.inodes[key] = data
+        if data.is_dir and key not in self.dirs:
+            self.dirs[key] = {}
+        if old is not None and old.is_dir and not data.is_dir:
+            self.dirs.pop(key, None)
+
+    def delete_inode(self, key: int) -> None:
+        self.inodes.pop(key, None)
+        self.dirs.pop(key, None)
+        self.pages.pop(key, None)
+        self.links.pop(key, None)
+        self.subdirs.pop(key, None)
+        self.dir_parent.pop(key, None)
+
+    def put_dentry(self, key: int, parent: int, data: DentryData) -> None:
+        self.delete_dentry(key)
+        d = self.dirs.setdefault(parent, {})
+        replaced = d.get(data.name)
+        if replaced is not None:
+            self.delete_dentry(replaced.dentry)
+        d[data.name] = Entry(key, data.inode)
+        self.dentries[key] = (parent, data.name, data.inode)
+        self.links[data.inode] = self.links.get(data.inode, 0) + 1
+        target = self.inodes.get(data.inode)
+        if target is not None and target.is_dir:
+            self.subdirs[parent] = self.subdirs.get(parent, 0) + 1
+            self.dir_parent[data.inode] = parent
+
+    def delete_dentry(self, key: int) -> None:
+        old = self.dentries.pop(key, None)
+        if old is None:
+            return
+        parent, name, ino = old
+        d = self.dirs.get(parent)
+        if d is not None:
+            cur = d.get(name)
+            if cur is not None and cur.dentry == key:
+                del d[name]
+        n = self.links.get(ino, 0) - 1
+        if n > 0:
+            self.links[ino] = n
+        else:
+            self.links.pop(ino, None)
+        target = self.inodes.get(ino)
+        if target is not None and target.is_dir and parent in self.subdirs:
+            self.subdirs[parent] -= 1
+            if self.dir_parent.get(ino) == parent:
+                del self.dir_parent[ino]
+
+    def put_page(self, ino: int, index: int, locator: Any) -> None:
+        self.pages.setdefault(ino, {})[index] = locator
+
+    def delete_page(self, ino: int, index: int) -> None:
+        p = self.pages.get(ino)
+        if p is not None:
+            p.pop(index, None)

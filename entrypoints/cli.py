@@ -1,0 +1,307 @@
+"""The `wasmer-dfs` command line: the manual's command tree (see ../shared/seed)."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from application.mount import MountRequest
+from application.session import Formats, SessionError
+from domain.formats import Format
+
+VERSION = "wasmer-dfs 1.3 (python 0.1.0)"
+PASSCODE_ENV = "WASMER_DFS_PASSCODE"
+DEFAULT_LOG_PATH = Path("~/wasmer/fs")
+LOCAL_CHAIN = "local"
+
+app = typer.Typer(
+    name="wasmer-dfs",
+    help="ATE File System: an encrypted, distributed, event-sourced FUSE file system.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+user_app = typer.Typer(help="Users are needed to access any remote file systems", no_args_is_help=True)
+group_app = typer.Typer(
+    help="Groups are collections of users that share same remote file system", no_args_is_help=True
+)
+token_app = typer.Typer(
+    help="Tokens are needed to mount file systems without prompting for credentials",
+    no_args_is_help=True,
+)
+app.add_typer(user_app, name="user")
+app.add_typer(group_app, name="group")
+app.add_typer(token_app, name="token")
+
+
+class _Globals:
+    debug = False
+    verbose = 0
+    no_auth = False
+
+
+G = _Globals()
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"wasmer-dfs: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def not_yet(what: str, issue: str) -> NoReturn:
+    fail(f"{what} is not implemented yet (planned: {issue}); nothing was done.", 2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(VERSION)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", "-d", help="Logs debug info to the console")] = False,
+    dns_sec: Annotated[bool, typer.Option("--dns-sec", help="Use DNSSec rather than plain DNS (remote chains: not yet)")] = False,
+    no_auth: Annotated[bool, typer.Option("--no-auth", "-n", help="No authentication or passcode: the file system is NOT encrypted and anyone who reads its log reads its files")] = False,
+    no_ntp: Annotated[bool, typer.Option("--no-ntp", help="Do not use NTP; the local clock stamps events")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Sets the level of log verbosity, can be used multiple times")] = 0,
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Prints version information")] = False,
+    auth: Annotated[str, typer.Option("--auth", "-a", help="URL where the user is authenticated")] = "ws://wasmer.sh/auth",
+    dns_server: Annotated[str, typer.Option("--dns-server", help="Address that DNS queries will be sent to")] = "8.8.8.8",
+    ntp_pool: Annotated[str | None, typer.Option("--ntp-pool", help="NTP server address that the file-system will synchronize with")] = None,
+    ntp_port: Annotated[int | None, typer.Option("--ntp-port", help="NTP server port that the file-system will synchronize with")] = None,
+    token: Annotated[str | None, typer.Option("--token", "-t", help="Token used to access your encrypted file-system (users and tokens: not yet)")] = None,
+    token_path: Annotated[str | None, typer.Option("--token-path", help="Token file to read that holds a previously created token (not yet)")] = None,
+    wire_encryption: Annotated[int | None, typer.Option("--wire-encryption", help="Quantum resistant wire encryption: 128, 192 or 256 (remote chains: not yet)")] = None,
+) -> None:  # fmt: skip
+    """ATE File System: an encrypted, distributed, event-sourced FUSE file system."""
+    G.debug, G.verbose, G.no_auth = debug, verbose, no_auth
+    level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="wasmer-dfs: %(levelname)s: %(name)s: %(message)s")
+    if wire_encryption is not None and wire_encryption not in (128, 192, 256):
+        fail("--wire-encryption must be 128, 192 or 256", 2)
+    if token is not None or token_path is not None:
+        not_yet("authentication with tokens", "users, groups and tokens")
+
+
+# --- mount -------------------------------------------------------------------------------------
+class CompactMode(enum.StrEnum):
+    never = "never"
+    modified = "modified"
+    timer = "timer"
+    factor = "factor"
+    size = "size"
+    factor_or_timer = "factor-or-timer"
+    size_or_timer = "size-or-timer"
+
+
+class ConfiguredFor(enum.StrEnum):
+    raw = "raw"
+    barebone = "barebone"
+    speed = "speed"
+    compatibility = "compatibility"
+    balanced = "balanced"
+    security = "security"
+
+
+class FormatName(enum.StrEnum):
+    bincode = "bincode"
+    json = "json"
+    mpack = "mpack"
+
+
+class RecoveryMode(enum.StrEnum):
+    async_ = "async"
+    readonly_async = "readonly-async"
+    readonly_sync = "readonly-sync"
+    sync = "sync"
+
+
+def _passcode(given: str | None, creating: bool) -> bytes:
+    if given is not None:
+        return given.encode()
+    env = os.environ.get(PASSCODE_ENV)
+    if env is not None:
+        return env.encode()
+    if not sys.stdin.isatty():
+        fail(
+            f"a passcode is needed: give --passcode, set {PASSCODE_ENV}, run interactively,"
+            " or use --no-auth for an unencrypted file system",
+            2,
+        )
+    value = typer.prompt("Passcode", hide_input=True, confirmation_prompt=creating)
+    return str(value).encode()
+
+
+def _split_positionals(remote: str | None, log_path: Path | None) -> tuple[str | None, Path | None]:
+    """A second positional without a URL scheme is the log path (a local-only mount)."""
+    if remote is not None and "://" not in remote:
+        if log_path is not None:
+            fail(f"{remote!r} is not a URL (ws://HOST:PORT/db/NAME) and a log path is given too", 2)
+        return None, Path(remote)
+    return remote, log_path
+
+
+@app.command()
+def mount(
+    mount_path: Annotated[Path, typer.Argument(help="Path to directory that the file system will be mounted at")],
+    remote: Annotated[str | None, typer.Argument(help="URL where the data is remotely stored on a distributed commit log (e.g. ws://wasmer.sh/db/myfs). If this URL is not specified then data will only be stored locally")] = None,
+    log_path: Annotated[Path | None, typer.Argument(help="(Optional) Location of the local persistent redo log (default ~/wasmer/fs)")] = None,
+    allow_other: Annotated[bool, typer.Option("--allow-other", help="Allow other users on the machine to have access to this file system")] = False,
+    allow_root: Annotated[bool, typer.Option("--allow-root", help="Allow the root user to have access to this file system")] = False,
+    compact_now: Annotated[bool, typer.Option("--compact-now", help="Forces the compaction of the local redo-log before it streams in the latest values")] = False,
+    impersonate_uid: Annotated[bool, typer.Option("--impersonate-uid", "-i", help="For files the authenticated user owns, show the local machine ids instead of the global ones")] = False,
+    non_empty: Annotated[bool, typer.Option("--non-empty", help="Allow fuse filesystem mount on a non-empty directory, default is not allowed")] = False,
+    read_only: Annotated[bool, typer.Option("--read-only", "-r", help="Mount the file system in readonly mode (`ro` mount option)")] = False,
+    temp: Annotated[bool, typer.Option("--temp", help="Local redo log file will be deleted when the file system is unmounted")] = False,
+    write_back: Annotated[bool, typer.Option("--write-back", "-w", help="Enable write back cache for buffered writes")] = False,
+    compact_mode: Annotated[CompactMode, typer.Option("--compact-mode", help="Mode that the compaction will run under")] = CompactMode.factor_or_timer,
+    compact_threshold_factor: Annotated[float, typer.Option("--compact-threshold-factor", help="Factor growth in the log file which will trigger compaction")] = 0.4,
+    compact_threshold_size: Annotated[int, typer.Option("--compact-threshold-size", help="Size of growth in bytes in the log file which will trigger compaction")] = 104857600,
+    compact_timer: Annotated[int, typer.Option("--compact-timer", help="Time in seconds between compactions of the log file")] = 3600,
+    configured_for: Annotated[ConfiguredFor, typer.Option("--configured-for", help="Configure the log file for raw, barebone, speed, compatibility, balanced or security")] = ConfiguredFor.speed,
+    data_format: Annotated[FormatName, typer.Option("--data-format", help="Format of the data in the log file")] = FormatName.bincode,
+    gid: Annotated[int | None, typer.Option("--gid", "-g", help="GID of the group that this file system will be mounted as")] = None,
+    meta_format: Annotated[FormatName, typer.Option("--meta-format", help="Format of the metadata in the log file")] = FormatName.bincode,
+    passcode: Annotated[str | None, typer.Option("--passcode", "-p", help=f"Passcode that encrypts this file system (also ${PASSCODE_ENV}, or a prompt)")] = None,
+    recovery_mode: Annotated[RecoveryMode, typer.Option("--recovery-mode", help="How the file-system reacts while nominal and while recovering from a communication failure")] = RecoveryMode.readonly_async,
+    uid: Annotated[int | None, typer.Option("--uid", "-u", help="UID of the user that this file system will be mounted as")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", "-n", help="Same as the global --no-auth: an UNENCRYPTED file system")] = False,
+) -> None:  # fmt: skip
+    """Mounts a local or remote file system (runs until unmounted, SIGINT or SIGTERM)."""
+    from adapters.fuse_runner import fuse_options, run
+    from application.ports import LogError
+    from entrypoints.bootstrap import bootstrap
+
+    remote, log_path = _split_positionals(remote, log_path)
+    if remote is not None:
+        not_yet("mounting a remote chain", "chain server and live replication")
+    if compact_now or compact_mode != CompactMode.factor_or_timer:
+        logging.getLogger("wasmer_dfs").warning(
+            "compaction is not implemented yet: --compact-* options have no effect"
+        )
+    if impersonate_uid:
+        not_yet("--impersonate-uid", "users and groups")
+    mnt = mount_path.expanduser()
+    if not mnt.is_dir():
+        fail(f"mount path {mnt} is not a directory", 2)
+    if os.path.ismount(mnt):
+        fail(f"{mnt} is already a mount point", 2)
+    if not non_empty and any(mnt.iterdir()):
+        fail(f"mount path {mnt} is not empty (use --non-empty to mount over it)", 2)
+    logs_dir = (log_path or DEFAULT_LOG_PATH).expanduser().resolve()
+    container = bootstrap(logs_dir)
+    mounts = container.mounts()
+    creating = not mounts.logs.exists(LOCAL_CHAIN)
+    secret = None if (no_auth or G.no_auth) else _passcode(passcode, creating)
+    request = MountRequest(
+        chain=LOCAL_CHAIN,
+        passcode=secret,
+        formats=Formats(Format.parse(meta_format.value), Format.parse(data_format.value)),
+        uid=uid if uid is not None else os.getuid(),
+        gid=gid if gid is not None else os.getgid(),
+        read_only=read_only,
+    )
+    try:
+        mounted = mounts.open(request)
+    except (SessionError, LogError) as exc:
+        fail(str(exc), 3)
+    if mounted.cut_bytes:
+        logging.getLogger("wasmer_dfs").warning(
+            "the log ended in a torn transaction: %d bytes cut", mounted.cut_bytes
+        )
+    options = fuse_options(
+        allow_other=allow_other, allow_root=allow_root, read_only=read_only, fsname=str(logs_dir)
+    )
+
+    def ready() -> None:
+        kind = "unencrypted" if secret is None else "encrypted"
+        typer.echo(f"wasmer-dfs: mounted {kind} file system at {mnt} (log: {logs_dir})", err=True)
+
+    try:
+        run(mounted.fs, str(mnt), options, writeback=write_back, read_only=read_only, on_mounted=ready)
+    except RuntimeError as exc:
+        fail(f"cannot mount at {mnt}: {exc}", 4)
+    finally:
+        mounted.close()
+        if temp:
+            mounts.logs.remove(LOCAL_CHAIN)
+    typer.echo(f"wasmer-dfs: unmounted {mnt}", err=True)
+
+
+# --- commands later issues build ----------------------------------------------------------------
+@user_app.command("create")
+def user_create() -> None:
+    """Creates a new user and generates login credentials"""
+    not_yet("user create", "users, groups and tokens")
+
+
+@user_app.command("details")
+def user_details() -> None:
+    """Returns all the details about a specific user"""
+    not_yet("user details", "users, groups and tokens")
+
+
+@group_app.command("add-user")
+def group_add_user() -> None:
+    """Adds another user to an existing group"""
+    not_yet("group add-user", "users, groups and tokens")
+
+
+@group_app.command("create")
+def group_create() -> None:
+    """Creates a new group"""
+    not_yet("group create", "users, groups and tokens")
+
+
+@group_app.command("details")
+def group_details() -> None:
+    """Display the details about a particular group (token is required to see role membership)"""
+    not_yet("group details", "users, groups and tokens")
+
+
+@group_app.command("remove-user")
+def group_remove_user() -> None:
+    """Removes a user from an existing group"""
+    not_yet("group remove-user", "users, groups and tokens")
+
+
+@token_app.command("gather")
+def token_gather() -> None:
+    """Gather the permissions needed to access a specific group into the token"""
+    not_yet("token gather", "users, groups and tokens")
+
+
+@token_app.command("generate")
+def token_generate() -> None:
+    """Generate a token with normal permissions from the supplied username and password"""
+    not_yet("token generate", "users, groups and tokens")
+
+
+@token_app.command("sudo")
+def token_sudo() -> None:
+    """Generate a token with extra permissions with elevated rights to modify groups"""
+    not_yet("token sudo", "users, groups and tokens")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Benchmarks this file system side by side with gocryptfs, CryFS, sshfs and a plain directory"""
+    try:
+        from bench.fsbench import main as bench_main
+    except ImportError:
+        fail("the benchmark suite (bench/) is not installed with this copy", 2)
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
+def main() -> None:
+    if shutil.which("fusermount3") is None:
+        logging.getLogger("wasmer_dfs").debug("fusermount3 not found on PATH")
+    app()
