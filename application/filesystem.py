@@ -310,10 +310,14 @@ class FileSystemService:
         self._okeys.pop(ino, None)
 
     def _maybe_reap(self, ino: int) -> None:
-        if self.view.nlink(ino) == 0 and self._open.get(ino, 0) == 0 and ino in self.view.inodes:
+        named = self.view.links.get(ino, 0) > 0
+        if not named and self._open.get(ino, 0) == 0 and ino in self.view.inodes:
             self._delete_inode(ino)
 
     # -- queries -------------------------------------------------------------------------------
+    def is_open(self, ino: int) -> bool:
+        return self._open.get(ino, 0) > 0
+
     def getattr(self, ino: int) -> Attr:
         return self._attr(ino, self.inode(ino))
 
@@ -367,7 +371,7 @@ class FileSystemService:
             gid = pdata.gid
             if stat.S_ISDIR(mode):
                 mode |= stat.S_ISGID
-        return InodeData(mode, uid, gid, 0, now, now, now, **kw)  # type: ignore[arg-type]
+        return InodeData(mode, uid, gid, atime_ns=now, mtime_ns=now, ctime_ns=now, **kw)  # type: ignore[arg-type]
 
     def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Attr:
         if stat.S_IFMT(mode) == 0:

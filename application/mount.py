@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from application.filesystem import FileSystemService, FsIndexer
 from application.ports import Clock, Crypto, LogError, RedoLogFactory
-from application.session import ChainIntegrityError, ChainSession, Formats
+from application.session import DEFAULT_KDF, ChainIntegrityError, ChainSession, Formats
 from domain.fs.model import DEFAULT_PAGE_SIZE
 from domain.fs.view import FsView
 
@@ -21,6 +21,7 @@ class MountRequest:
     gid: int
     read_only: bool = False
     page_size: int = DEFAULT_PAGE_SIZE
+    kdf: tuple[int, int, int] = DEFAULT_KDF  # Argon2id iterations, memory KiB, lanes (new chains)
 
 
 @dataclass(slots=True)
@@ -66,7 +67,7 @@ class MountService:
                     raise ChainIntegrityError(f"there is no chain {req.chain!r} to mount read-only")
                 session = ChainSession.create(
                     self.logs, req.chain, req.passcode, self.crypto, self.clock, req.formats,
-                    req.page_size,
+                    req.page_size, kdf=req.kdf,
                 )  # fmt: skip
                 created = True
         except LogError as exc:

@@ -28,7 +28,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-user_app = typer.Typer(help="Users are needed to access any remote file systems", no_args_is_help=True)
+user_app = typer.Typer(
+    help="Users are needed to access any remote file systems", no_args_is_help=True
+)
 group_app = typer.Typer(
     help="Groups are collections of users that share same remote file system", no_args_is_help=True
 )
@@ -226,7 +228,14 @@ def mount(
         typer.echo(f"wasmer-dfs: mounted {kind} file system at {mnt} (log: {logs_dir})", err=True)
 
     try:
-        run(mounted.fs, str(mnt), options, writeback=write_back, read_only=read_only, on_mounted=ready)
+        run(
+            mounted.fs,
+            str(mnt),
+            options,
+            writeback=write_back,
+            read_only=read_only,
+            on_mounted=ready,
+        )
     except RuntimeError as exc:
         fail(f"cannot mount at {mnt}: {exc}", 4)
     finally:
