@@ -1,0 +1,128 @@
+"""Test doubles that subclass the ports (never ``unittest.mock``), and log surgery for tests.
+
+* ``FastCrypto``: the real AES-256-GCM and ML-DSA-65, but Argon2id at the smallest cost whatever
+  the header asks for. Salt and passcode still go through Argon2id, so a wrong passcode or a
+  different salt still gives another key; only the time spent changes.
+* ``DeterministicCrypto``: ``FastCrypto`` whose randomness (keys, nonces, chain ids, signing
+  keypairs) and signatures are a function of a seed, so that two runs with the same seed write
+  byte-identical logs.
+* ``frames`` / ``rewrite_meta``: read the record frames of a raw log and edit a record's meta
+  in place with a valid frame CRC - what an attacker who knows the format can do (a plain byte
+  flip is caught by the CRC before the chain ever sees it).
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass
+
+from adapters.crypto import NONCE, PqCrypto
+from adapters.redolog import FRAME_HEAD, FRAME_PREFIX, FRAME_SIZE, HEADER_FIXED, U32
+from application.ports import KdfParams
+
+#: Argon2id (iterations, memory KiB, lanes) at its minimum: well under a millisecond
+FAST_KDF = (1, 8, 1)
+
+
+class FastCrypto(PqCrypto):
+    """``PqCrypto`` with the cheapest Argon2id, whatever cost the chain header records."""
+
+    def derive_key(self, passcode: bytes, params: KdfParams) -> bytes:
+        return super().derive_key(passcode, KdfParams(params.salt, *FAST_KDF))
+
+
+# ML-DSA keygen and signing draw from the OS; a process-wide memo makes them a function of
+# (seed, n) and (secret, message) so that equal seeds give equal logs within one test run.
+_KEYPAIRS: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+_SIGNATURES: dict[tuple[bytes, bytes], bytes] = {}
+
+
+class DeterministicCrypto(FastCrypto):
+    """``FastCrypto`` whose every random choice follows ``seed`` (for determinism tests)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._keypairs = 0
+
+    def random(self, n: int) -> bytes:
+        return self._rng.randbytes(n)
+
+    def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        nonce = self.random(NONCE)
+        return nonce + self._aead(key).encrypt(nonce, plaintext, aad)
+
+    def sign_keypair(self) -> tuple[bytes, bytes]:
+        slot = (self.seed, self._keypairs)
+        self._keypairs += 1
+        pair = _KEYPAIRS.get(slot)
+        if pair is None:
+            pair = _KEYPAIRS[slot] = super().sign_keypair()
+        return pair
+
+    def sign(self, secret: bytes, message: bytes) -> bytes:
+        sig = _SIGNATURES.get((secret, message))
+        if sig is None:
+            sig = _SIGNATURES[(secret, message)] = super().sign(secret, message)
+        return sig
+
+
+# --- log surgery -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One record frame of a raw log (see docs/adr/0003-redo-log-format.md)."""
+
+    position: int
+    flags: int
+    fmt: int
+    meta: bytes
+    data_offset: int
+    data_len: int
+
+    @property
+    def meta_offset(self) -> int:
+        return self.position + FRAME_SIZE
+
+    @property
+    def end(self) -> int:
+        return self.data_offset + self.data_len
+
+    @property
+    def commit(self) -> bool:
+        return bool(self.flags & 0x01)
+
+
+def header_end(raw: bytes | bytearray) -> int:
+    _, _, body_len = HEADER_FIXED.unpack_from(raw, 0)
+    return HEADER_FIXED.size + body_len + U32.size
+
+
+def frames(raw: bytes | bytearray) -> list[Frame]:
+    """Every frame of an intact log, in order."""
+    out: list[Frame] = []
+    pos = header_end(raw)
+    while pos < len(raw):
+        _, flags, fmt, meta_len, data_len, _, _ = FRAME_HEAD.unpack_from(raw, pos)
+        meta = bytes(raw[pos + FRAME_SIZE : pos + FRAME_SIZE + meta_len])
+        data_offset = pos + FRAME_SIZE + meta_len
+        out.append(Frame(pos, flags, fmt, meta, data_offset, data_len))
+        pos = data_offset + data_len
+    return out
+
+
+def fix_crc(raw: bytearray, position: int) -> None:
+    """Recompute the CRC of the frame at ``position`` after its head or meta was edited."""
+    prefix = bytes(raw[position : position + FRAME_PREFIX.size])
+    meta_len = FRAME_HEAD.unpack_from(raw, position)[3]
+    meta = bytes(raw[position + FRAME_SIZE : position + FRAME_SIZE + meta_len])
+    U32.pack_into(raw, position + FRAME_PREFIX.size, zlib.crc32(meta, zlib.crc32(prefix)))
+
+
+def rewrite_meta(raw: bytearray, frame: Frame, meta: bytes) -> None:
+    """Replace ``frame``'s meta with ``meta`` of the same length and fix the frame's CRC."""
+    if len(meta) != len(frame.meta):
+        raise ValueError("rewrite_meta keeps every offset: the new meta must be as long")
+    raw[frame.meta_offset : frame.meta_offset + len(meta)] = meta
+    fix_crc(raw, frame.position)
