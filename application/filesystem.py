@@ -37,7 +37,7 @@ from domain.fs.model import (
     page_span,
 )
 from domain.fs.view import FsView
-from domain.hashing import derive_u64, h
+from domain.hashing import derive_u64
 
 _T = TypeVar("_T")
 
@@ -120,7 +120,7 @@ class FsIndexer:
         if kind == TYPE_PAGE:
             parent, chunk = hdr.find(Parent), hdr.find(Chunk)
             if parent is not None and chunk is not None:
-                self.view.put_page(parent.parent, chunk.index, (ev.locator, h(hdr.meta_bytes)))
+                self.view.put_page(parent.parent, chunk.index, (ev.locator, hdr.meta_hash))
         elif kind == TYPE_INODE:
             conf = hdr.find(Confidentiality)
             if conf is not None:

@@ -55,11 +55,12 @@ from domain.events import (
     WriteEveryone,
     WriteOption,
     WriteSpecific,
+    encode_meta,
     make_header,
     parse_header,
 )
 from domain.formats import Format
-from domain.hashing import h, key_hash, local_mac, seal_key, transaction_digest
+from domain.hashing import EMPTY_HASH, h, key_hash, local_mac, seal_key, transaction_digest
 
 CHAIN_KEY_OBJECT = 2
 TYPE_CHAIN_KEY = "chain-key"
@@ -384,7 +385,7 @@ class ChainSession:
         """The plaintext of an event's data (read from disk, verified, decrypted)."""
         conf = hdr.find(Confidentiality)
         okey = self.object_key(conf) if isinstance(conf, Confidentiality) else None
-        return self.read_sealed(ref, h(hdr.meta_bytes), okey)
+        return self.read_sealed(ref, hdr.meta_hash, okey)
 
     def read_sealed(self, ref: DataRef, meta_hash: bytes, okey: ObjectKey | None) -> bytes:
         """Data at ``ref`` of the event whose metadata hashes to ``meta_hash``, decrypted."""
@@ -449,20 +450,21 @@ class ChainSession:
         raw: bytes | None,
         decoded: object,
     ) -> Located:
-        hdr0 = make_header(meta, self.formats.meta, None)
+        meta_bytes = encode_meta(meta, self.formats.meta)
         if raw is not None:
             data: bytes | None = raw
         elif payload is None:
             data = None
         elif okey is not None:
-            data = self.crypto.seal(okey.key, payload, self.header.chain_id + h(hdr0.meta_bytes))
+            aad = self.header.chain_id + h(meta_bytes)
+            data = self.crypto.seal(okey.key, payload, aad)
         else:
             data = payload
         hdr = EventHeader(
-            meta=hdr0.meta,
-            meta_bytes=hdr0.meta_bytes,
-            data_hash=h(data) if data else h(b""),
-            fmt=hdr0.fmt,
+            meta=tuple(meta),
+            meta_bytes=meta_bytes,
+            data_hash=h(data) if data else EMPTY_HASH,
+            fmt=self.formats.meta,
         )
         _, ref = self.log.append(LogRecord(hdr.meta_bytes, int(self.formats.meta), data, False))
         self._pending.append(hdr.hash)

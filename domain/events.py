@@ -24,38 +24,38 @@ META_VERSION = 1
 
 
 # --- read and write authorisation -------------------------------------------------------------
-class ReadInherit(msgspec.Struct, tag="Inherit", frozen=True):
+class ReadInherit(msgspec.Struct, tag="Inherit", frozen=True, array_like=True):
     pass
 
 
-class ReadEveryone(msgspec.Struct, tag="Everyone", frozen=True):
+class ReadEveryone(msgspec.Struct, tag="Everyone", frozen=True, array_like=True):
     pass
 
 
-class ReadSpecific(msgspec.Struct, tag="Specific", frozen=True):
+class ReadSpecific(msgspec.Struct, tag="Specific", frozen=True, array_like=True):
     key_hash: bytes
 
 
 ReadOption = ReadInherit | ReadEveryone | ReadSpecific
 
 
-class WriteInherit(msgspec.Struct, tag="Inherit", frozen=True):
+class WriteInherit(msgspec.Struct, tag="Inherit", frozen=True, array_like=True):
     pass
 
 
-class WriteEveryone(msgspec.Struct, tag="Everyone", frozen=True):
+class WriteEveryone(msgspec.Struct, tag="Everyone", frozen=True, array_like=True):
     pass
 
 
-class WriteNobody(msgspec.Struct, tag="Nobody", frozen=True):
+class WriteNobody(msgspec.Struct, tag="Nobody", frozen=True, array_like=True):
     pass
 
 
-class WriteSpecific(msgspec.Struct, tag="Specific", frozen=True):
+class WriteSpecific(msgspec.Struct, tag="Specific", frozen=True, array_like=True):
     key_hash: bytes
 
 
-class WriteAny(msgspec.Struct, tag="Any", frozen=True):
+class WriteAny(msgspec.Struct, tag="Any", frozen=True, array_like=True):
     key_hashes: list[bytes]
 
 
@@ -63,40 +63,40 @@ WriteOption = WriteInherit | WriteEveryone | WriteNobody | WriteSpecific | Write
 
 
 # --- metadata kinds ---------------------------------------------------------------------------
-class DataKey(msgspec.Struct, tag="Data", frozen=True):
+class DataKey(msgspec.Struct, tag="Data", frozen=True, array_like=True):
     """This event carries (a new version of) the object with this primary key."""
 
     key: int
 
 
-class Tombstone(msgspec.Struct, tag="Tombstone", frozen=True):
+class Tombstone(msgspec.Struct, tag="Tombstone", frozen=True, array_like=True):
     """The object with this key, and every object below it, is deleted."""
 
     key: int
 
 
-class Authorization(msgspec.Struct, tag="Authorization", frozen=True):
+class Authorization(msgspec.Struct, tag="Authorization", frozen=True, array_like=True):
     read: ReadOption
     write: WriteOption
 
 
-class Confidentiality(msgspec.Struct, tag="Confidentiality", frozen=True):
+class Confidentiality(msgspec.Struct, tag="Confidentiality", frozen=True, array_like=True):
     """The data is encrypted with an object key, wrapped (AES-GCM) by the read key named here."""
 
     key_hash: bytes
     wrapped_key: bytes
 
 
-class Parent(msgspec.Struct, tag="Parent", frozen=True):
+class Parent(msgspec.Struct, tag="Parent", frozen=True, array_like=True):
     parent: int
     collection: int
 
 
-class Timestamp(msgspec.Struct, tag="Timestamp", frozen=True):
+class Timestamp(msgspec.Struct, tag="Timestamp", frozen=True, array_like=True):
     ms: int
 
 
-class Signature(msgspec.Struct, tag="Signature", frozen=True):
+class Signature(msgspec.Struct, tag="Signature", frozen=True, array_like=True):
     """One signature per write key per transaction over ``transaction_digest``."""
 
     public_key_hash: bytes
@@ -104,7 +104,7 @@ class Signature(msgspec.Struct, tag="Signature", frozen=True):
     signature: bytes
 
 
-class LocalSeal(msgspec.Struct, tag="LocalSeal", frozen=True):
+class LocalSeal(msgspec.Struct, tag="LocalSeal", frozen=True, array_like=True):
     """A keyed hash over ``transaction_digest`` with a key derived from the chain's read key.
 
     It lets a replica trust its own writes at fsync speed (no signature per close); it proves
@@ -114,25 +114,25 @@ class LocalSeal(msgspec.Struct, tag="LocalSeal", frozen=True):
     mac: bytes
 
 
-class SignWith(msgspec.Struct, tag="SignWith", frozen=True):
+class SignWith(msgspec.Struct, tag="SignWith", frozen=True, array_like=True):
     key_hashes: list[bytes]
 
 
-class PublicKey(msgspec.Struct, tag="PublicKey", frozen=True):
+class PublicKey(msgspec.Struct, tag="PublicKey", frozen=True, array_like=True):
     key: bytes
 
 
-class EncryptedPrivateKey(msgspec.Struct, tag="EncryptedPrivateKey", frozen=True):
+class EncryptedPrivateKey(msgspec.Struct, tag="EncryptedPrivateKey", frozen=True, array_like=True):
     public_key_hash: bytes
     key_hash: bytes  # the read key that wraps it
     wrapped: bytes
 
 
-class Type(msgspec.Struct, tag="Type", frozen=True):
+class Type(msgspec.Struct, tag="Type", frozen=True, array_like=True):
     name: str
 
 
-class Chunk(msgspec.Struct, tag="Chunk", frozen=True):
+class Chunk(msgspec.Struct, tag="Chunk", frozen=True, array_like=True):
     """Position of a page within its parent object (file contents)."""
 
     index: int
@@ -155,7 +155,7 @@ Meta = (
 )
 
 
-class MetaEnvelope(msgspec.Struct, frozen=True):
+class MetaEnvelope(msgspec.Struct, frozen=True, array_like=True):
     v: int
     meta: list[Meta]
 
@@ -198,28 +198,41 @@ def decode_meta(data: bytes, fmt: Format) -> list[Meta]:
         raise MalformedEvent(f"undecodable metadata: {exc}") from None
 
 
-class EventHeader(msgspec.Struct, frozen=True):
-    """An event as the chain sees it: decoded metadata, its bytes, and the hash of its data."""
+class EventHeader:
+    """An event as the chain sees it: decoded metadata, its bytes, and the hash of its data.
+    Hashes and a by-kind table are computed once, at construction (immutable afterwards)."""
 
-    meta: tuple[Meta, ...]
-    meta_bytes: bytes
-    data_hash: bytes
-    fmt: Format
+    __slots__ = ("_kinds", "data_hash", "fmt", "hash", "meta", "meta_bytes", "meta_hash")
 
-    @property
-    def hash(self) -> bytes:
-        return event_hash(h(self.meta_bytes), self.data_hash)
+    def __init__(
+        self, *, meta: tuple[Meta, ...], meta_bytes: bytes, data_hash: bytes, fmt: Format
+    ) -> None:
+        self.meta = meta
+        self.meta_bytes = meta_bytes
+        self.data_hash = data_hash
+        self.fmt = fmt
+        self.meta_hash = h(meta_bytes)
+        self.hash = event_hash(self.meta_hash, data_hash)
+        self._kinds: dict[type[Any], Meta] = {}
+        for m in meta:
+            self._kinds.setdefault(type(m), m)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EventHeader) and other.hash == self.hash
+
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
+    def __repr__(self) -> str:
+        return f"EventHeader({list(self.meta)!r}, hash={self.hash.hex()[:12]})"
 
     def find(self, kind: type[Any]) -> Any:
-        for m in self.meta:
-            if isinstance(m, kind):
-                return m
-        return None
+        return self._kinds.get(kind)
 
     @property
     def key(self) -> int | None:
-        d = self.find(DataKey)
-        return d.key if d is not None else None
+        d = self._kinds.get(DataKey)
+        return d.key if isinstance(d, DataKey) else None
 
     @property
     def has_data(self) -> bool:

@@ -7,8 +7,10 @@ The manual names three formats. In this implementation:
 * ``mpack`` - MessagePack with field names (self-describing).
 * ``json`` - JSON with field names, bytes as base64.
 
-Every format decodes to the same typed structs, and a log may mix formats: each record names its
-own. Decoding goes through plain builtins so that upcasters can rewrite old versions first.
+The structs are declared ``array_like`` so the default format is msgspec's C encoder with no
+Python work; the named formats convert on the way in and out. Every format decodes to the same
+typed structs, and a log may mix formats: each record names its own. Decoding goes through plain
+builtins so that upcasters can rewrite old versions first.
 """
 
 from __future__ import annotations
@@ -40,52 +42,59 @@ _json_encoder = msgspec.json.Encoder()
 _mpack_encoder = msgspec.msgpack.Encoder()
 
 
-def _positional(obj: Any) -> Any:
-    if isinstance(obj, msgspec.Struct):
-        cfg = obj.__struct_config__
-        out: list[Any] = [cfg.tag] if cfg.tag is not None else []
-        out.extend(_positional(getattr(obj, f)) for f in obj.__struct_fields__)
-        return out
-    if isinstance(obj, list | tuple):
-        return [_positional(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: _positional(v) for k, v in obj.items()}
-    return obj
-
-
 @functools.lru_cache(maxsize=256)
 def _type_info(tp: Any) -> msgspec.inspect.Type:
     return msgspec.inspect.type_info(tp)
 
 
-def _from_positional(raw: Any, tp: Any) -> Any:
-    """Turn positional arrays back into the keyword builtins that ``msgspec.convert`` takes."""
+def _named(obj: Any) -> Any:
+    """A positional (array-like) struct as a dict with field names, recursively."""
+    if isinstance(obj, msgspec.Struct):
+        cfg = obj.__struct_config__
+        out: dict[str, Any] = {}
+        if cfg.tag is not None and cfg.tag_field is not None:
+            out[cfg.tag_field] = cfg.tag
+        for f in obj.__struct_fields__:
+            out[f] = _named(getattr(obj, f))
+        return out
+    if isinstance(obj, list | tuple):
+        return [_named(x) for x in obj]
+    return obj
+
+
+def _positional(raw: Any, tp: Any) -> Any:
+    """Builtins with field names (mpack, json) -> the positional builtins of array-like structs."""
     return _walk(raw, _type_info(tp))
 
 
 def _walk(raw: Any, info: msgspec.inspect.Type) -> Any:
     mi = msgspec.inspect
     if isinstance(info, mi.StructType):
-        items = list(raw)
-        out: dict[str, Any] = {}
-        if info.tag is not None and info.tag_field is not None:
-            out[info.tag_field] = items.pop(0)
-        for field, value in zip(info.fields, items, strict=False):
-            out[field.name] = _walk(value, field.type)
+        if not isinstance(raw, dict):
+            raise msgspec.ValidationError(f"expected an object, got {type(raw).__name__}")
+        out: list[Any] = []
+        if info.tag is not None:
+            out.append(raw.get(info.tag_field or "type", info.tag))
+        for field in info.fields:
+            if field.name in raw:
+                out.append(_walk(raw[field.name], field.type))
+            elif field.required:
+                raise msgspec.ValidationError(f"missing field {field.name!r}")
+            else:
+                out.append(
+                    field.default
+                    if field.default is not msgspec.NODEFAULT
+                    else field.default_factory()
+                )
         return out
     if isinstance(info, mi.UnionType):
         structs = [t for t in info.types if isinstance(t, mi.StructType)]
-        if structs and isinstance(raw, list) and raw:
+        if structs and isinstance(raw, dict):
+            tag = raw.get(structs[0].tag_field or "type")
             for st in structs:
-                if st.tag == raw[0]:
+                if st.tag == tag:
                     return _walk(raw, st)
-            raise msgspec.ValidationError(f"unknown tag {raw[0]!r}")
-        for t in info.types:
-            if isinstance(t, mi.NoneType) and raw is None:
-                return None
-        for t in info.types:
-            if not isinstance(t, mi.NoneType | mi.StructType):
-                return _walk(raw, t)
+            raise msgspec.ValidationError(f"unknown tag {tag!r}")
         return raw
     if isinstance(info, mi.ListType | mi.VarTupleType) and isinstance(raw, list):
         return [_walk(x, info.item_type) for x in raw]
@@ -93,12 +102,13 @@ def _walk(raw: Any, info: msgspec.inspect.Type) -> Any:
 
 
 def encode(obj: Any, fmt: Format) -> bytes:
+    """Encode an array-like struct: positionally (bincode) or with field names."""
     if fmt is Format.BINCODE:
-        return _mpack_encoder.encode(_positional(obj))
-    if fmt is Format.MPACK:
         return _mpack_encoder.encode(obj)
+    if fmt is Format.MPACK:
+        return _mpack_encoder.encode(_named(obj))
     if fmt is Format.JSON:
-        return _json_encoder.encode(obj)
+        return _json_encoder.encode(_named(obj))
     raise ValueError(f"unknown format {fmt!r}")
 
 
@@ -112,8 +122,8 @@ def decode_raw(data: bytes, fmt: Format) -> Any:
 
 
 def convert(raw: Any, tp: type[T], fmt: Format) -> T:
-    if fmt is Format.BINCODE:
-        raw = _from_positional(raw, tp)
+    if fmt is not Format.BINCODE:
+        raw = _positional(raw, tp)
     return msgspec.convert(raw, tp, strict=fmt is not Format.JSON)
 
 

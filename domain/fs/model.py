@@ -41,7 +41,7 @@ class FsError(Exception):
         self.errno = code
 
 
-class InodeData(msgspec.Struct, frozen=True):
+class InodeData(msgspec.Struct, frozen=True, array_like=True):
     mode: int  # st_mode: type and permission bits
     uid: int
     gid: int
@@ -65,7 +65,7 @@ class InodeData(msgspec.Struct, frozen=True):
         return stat.S_ISLNK(self.mode)
 
 
-class DentryData(msgspec.Struct, frozen=True):
+class DentryData(msgspec.Struct, frozen=True, array_like=True):
     name: bytes
     inode: int
 
