@@ -113,7 +113,17 @@ class FuseOperations(pyfuse3.Operations):
     # -- handlers ------------------------------------------------------------------------------
     @_translate
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
-        return self.entry(self.service.lookup(parent_inode, name))
+        try:
+            return self.entry(self.service.lookup(parent_inode, name))
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        # A negative entry (inode 0) lets the kernel cache "no such name" too; every change of a
+        # name goes through the kernel (or, for remote changes, invalidates it precisely).
+        negative = pyfuse3.EntryAttributes()
+        negative.st_ino = 0
+        negative.entry_timeout = CACHE_TIMEOUT
+        return negative
 
     @_translate
     async def getattr(self, inode: int, ctx: Any = None) -> Any:

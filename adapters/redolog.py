@@ -12,7 +12,7 @@ Record frame (52-byte head, then meta, then data)::
     magic b"WR" (2) | flags u8 | fmt u8 | meta length u32 | data length u64 | data hash (32)
     | CRC32 u32 of the 48 bytes before it and of the meta | meta | data
 
-The frame CRC does not cover the data: the data is checked against its BLAKE2b hash when it is
+The frame CRC does not cover the data: the data is checked against its SHA-256 hash when it is
 read back (``read_data``), and at open for the last committed transaction.
 """
 
@@ -28,7 +28,6 @@ import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from hashlib import blake2b
 from typing import NamedTuple
 
 from application.ports import (
@@ -44,7 +43,7 @@ from application.ports import (
     RedoLogFactory,
     ScannedRecord,
 )
-from domain.hashing import DIGEST_SIZE, EMPTY_HASH, h
+from domain.hashing import DIGEST_SIZE, EMPTY_HASH, h, hasher
 
 # --- format ------------------------------------------------------------------------------------
 LOG_MAGIC = b"WDFSLOG\x00"
@@ -111,7 +110,7 @@ def encode_frame(record: LogRecord) -> tuple[bytes, bytes]:
         data_len = len(data)
         if data_len > MAX_DATA:
             raise ValueError(f"record data too large ({data_len} > {MAX_DATA} bytes)")
-        data_hash = h(data)
+        data_hash = record.data_hash if record.data_hash is not None else h(data)
     prefix = FRAME_PREFIX.pack(FRAME_MAGIC, flags, fmt, meta_len, data_len, data_hash)
     crc = zlib.crc32(record.meta, zlib.crc32(prefix))
     return prefix + U32.pack(crc), data_hash
@@ -214,8 +213,8 @@ def _parse_header(read: ReadFn, size: int, where: str) -> tuple[bytes, int]:
 
 
 def _hash_range(read: ReadFn, offset: int, length: int) -> bytes | None:
-    """BLAKE2b-256 of ``length`` bytes at ``offset``, read in chunks; None when they are short."""
-    state = blake2b(digest_size=DIGEST_SIZE)
+    """The data hash of ``length`` bytes at ``offset``, read in chunks; None when they are short."""
+    state = hasher()
     done = 0
     while done < length:
         chunk = read(offset + done, min(_HASH_CHUNK, length - done))
@@ -223,7 +222,7 @@ def _hash_range(read: ReadFn, offset: int, length: int) -> bytes | None:
             return None
         state.update(chunk)
         done += len(chunk)
-    return state.digest()
+    return bytes(state.digest())
 
 
 def _find_frame_after(read: ReadFn, start: int, end: int) -> int | None:

@@ -50,6 +50,8 @@ class LogRecord:
     fmt: int
     data: bytes | None
     commit: bool
+    #: the data's hash when the caller has computed it already (spares hashing it twice)
+    data_hash: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

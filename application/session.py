@@ -466,7 +466,9 @@ class ChainSession:
             data_hash=h(data) if data else EMPTY_HASH,
             fmt=self.formats.meta,
         )
-        _, ref = self.log.append(LogRecord(hdr.meta_bytes, int(self.formats.meta), data, False))
+        _, ref = self.log.append(
+            LogRecord(hdr.meta_bytes, int(self.formats.meta), data, False, hdr.data_hash)
+        )
         self._pending.append(hdr.hash)
         if self.pending_since is None:
             self.pending_since = self.clock.monotonic()
