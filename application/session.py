@@ -176,6 +176,7 @@ class ChainSession:
         self.pending_since: float | None = None
         self.pending_bytes = 0
         self._closed = False
+        self._tx_head = b""
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
@@ -469,6 +470,8 @@ class ChainSession:
         _, ref = self.log.append(
             LogRecord(hdr.meta_bytes, int(self.formats.meta), data, False, hdr.data_hash)
         )
+        if not self._pending:
+            self._tx_head = self.index.head
         self._pending.append(hdr.hash)
         if self.pending_since is None:
             self.pending_since = self.clock.monotonic()
@@ -493,7 +496,7 @@ class ChainSession:
             pk_hash, secret = self._signing
             meta.insert(0, Signature(pk_hash, digest, self.crypto.sign(secret, digest)))
         elif self._seal_key is not None:
-            meta.insert(0, LocalSeal(local_mac(self._seal_key, digest)))
+            meta.insert(0, LocalSeal(local_mac(self._seal_key, self._tx_head, digest)))
         self._append_seal(meta)
         self._pending = []
         self.pending_since = None

@@ -137,6 +137,8 @@ class ChainIndex:
         return ("put", dk.key)
 
     def _delete(self, key: int) -> None:
+        if key not in self.objects:
+            return  # deleting what does not exist changes nothing
         stack = [key]
         while stack:
             k = stack.pop()
@@ -218,7 +220,9 @@ class SignatureValidator:
 @dataclass(frozen=True, slots=True)
 class LocalSealAuthenticator:
     """A replica's own transactions, sealed with a key only holders of the read key have; a valid
-    seal vouches as the chain's root key (whose secret the same read key unlocks)."""
+    seal vouches as the chain's root key (whose secret the same read key unlocks). The seal also
+    covers the chain's head before the transaction, so a sealed transaction cannot be replayed
+    at another position of the chain."""
 
     seal_key: bytes
     grants: bytes
@@ -228,7 +232,7 @@ class LocalSealAuthenticator:
         if seal is None:
             return set()
         digest = transaction_digest(index.chain_id, (e.header.hash for e in tx.events))
-        if local_mac(self.seal_key, digest) != seal.mac:
+        if local_mac(self.seal_key, index.head, digest) != seal.mac:
             raise BadSignature("a local seal does not match its transaction")
         return {self.grants}
 
@@ -257,6 +261,15 @@ class AuthorizationValidator:
         for auth in self.authenticators:
             signers |= auth.signers(index, tx)
         overlay: dict[int, ObjectInfo | None] = {}
+        born: dict[int, set[int]] = {}  # parent -> children created or moved in by this tx
+
+        def exists(k: int) -> bool:
+            return overlay[k] is not None if k in overlay else k in index.objects
+
+        def require(option: WriteOption, key: int) -> None:
+            if not _allowed(option, signers):
+                raise Unauthorised(f"write to object {key} is not authorised by its signers")
+
         for ev in tx.events:
             hdr = ev.header
             tomb = hdr.find(Tombstone)
@@ -264,27 +277,33 @@ class AuthorizationValidator:
             key = tomb.key if tomb is not None else (dk.key if dk is not None else None)
             if key is None:
                 continue
+            parent = hdr.find(Parent)
             existing = overlay[key] if key in overlay else index.objects.get(key)
-            if existing is not None:
-                needed = index.effective_write(key, overlay)
-            else:
-                parent = hdr.find(Parent)
-                if tomb is not None:
-                    continue  # deleting what does not exist changes nothing
-                if parent is not None:
-                    p = parent.parent
-                    if p not in overlay and p not in index.objects:
-                        raise MalformedEvent(f"object {key} names a parent that does not exist")
-                needed = index.effective_write(parent.parent if parent else None, overlay)
-            if not _allowed(needed, signers):
-                raise Unauthorised(f"write to object {key} is not authorised by its signers")
             if tomb is not None:
-                overlay[key] = None
+                if existing is None:
+                    continue  # deleting what does not exist changes nothing
+                require(index.effective_write(key, overlay), key)
+                # the deletion cascades to every descendant, as the index will apply it
+                stack = [key]
+                while stack:
+                    k = stack.pop()
+                    overlay[k] = None
+                    stack.extend(c for c in index.children.get(k, ()) if exists(c))
+                    stack.extend(c for c in born.pop(k, ()) if exists(c))
+                continue
+            if parent is not None and not exists(parent.parent):
+                raise MalformedEvent(f"object {key} names a parent that does not exist")
+            if existing is not None:
+                require(index.effective_write(key, overlay), key)
+                if parent is not None and parent.parent != existing.parent:
+                    # moving an object also needs the right to write below its new parent
+                    require(index.effective_write(parent.parent, overlay), key)
             else:
-                overlay[key] = _info_from(hdr, key, None, existing)
-                if existing is not None and hdr.find(Authorization) is not None:
-                    # changing who may write needs the write right before the change: done above
-                    pass
+                require(index.effective_write(parent.parent if parent else None, overlay), key)
+            info = _info_from(hdr, key, None, existing)
+            overlay[key] = info
+            if info.parent is not None:
+                born.setdefault(info.parent, set()).add(key)
 
 
 @dataclass(frozen=True, slots=True)

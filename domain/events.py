@@ -179,6 +179,8 @@ def upcast(raw: Any, fmt: Format) -> Any:
     version = _envelope_version(raw, fmt)
     if version > META_VERSION:
         raise MalformedEvent(f"metadata version {version} is newer than this program")
+    if version < 1 or any(v not in UPCASTERS for v in range(version, META_VERSION)):
+        raise MalformedEvent(f"unknown metadata version {version}")
     while version < META_VERSION:
         raw = UPCASTERS[version](raw, fmt)
         version += 1
@@ -196,6 +198,8 @@ def decode_meta(data: bytes, fmt: Format) -> list[Meta]:
         return convert(raw, MetaEnvelope, fmt).meta
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
         raise MalformedEvent(f"undecodable metadata: {exc}") from None
+    except RecursionError:
+        raise MalformedEvent("undecodable metadata: nested too deeply") from None
 
 
 class EventHeader:

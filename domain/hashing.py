@@ -72,5 +72,6 @@ def seal_key(read_key: bytes) -> bytes:
     return hmac.digest(read_key, b"wasmer-dfs/local-seal-key", "sha256")
 
 
-def local_mac(key: bytes, digest: bytes) -> bytes:
-    return hmac.digest(key, b"wasmer-dfs/local-seal\0" + digest, "sha256")
+def local_mac(key: bytes, head: bytes, digest: bytes) -> bytes:
+    """The local seal of a transaction whose events follow ``head``."""
+    return hmac.digest(key, b"wasmer-dfs/local-seal\0" + head + digest, "sha256")

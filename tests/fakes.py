@@ -6,6 +6,7 @@
 * ``DeterministicCrypto``: ``FastCrypto`` whose randomness (keys, nonces, chain ids, signing
   keypairs) and signatures are a function of a seed, so that two runs with the same seed write
   byte-identical logs.
+* ``LatestEvents``: an indexer that keeps the newest event of each object (to read payloads).
 * ``frames`` / ``rewrite_meta``: read the record frames of a raw log and edit a record's meta
   in place with a valid frame CRC - what an attacker who knows the format can do (a plain byte
   flip is caught by the CRC before the chain ever sees it).
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from adapters.crypto import NONCE, PqCrypto
 from adapters.redolog import FRAME_HEAD, FRAME_PREFIX, FRAME_SIZE, HEADER_FIXED, U32
 from application.ports import KdfParams
+from domain.chain import ChainIndex, Located
 
 #: Argon2id (iterations, memory KiB, lanes) at its minimum: well under a millisecond
 FAST_KDF = (1, 8, 1)
@@ -69,6 +71,23 @@ class DeterministicCrypto(FastCrypto):
         return sig
 
 
+class LatestEvents:
+    """An ``Indexer`` that remembers the newest event of every live object, so that tests can
+    read each object's payload back (``ChainIndex`` keeps only locators)."""
+
+    def __init__(self) -> None:
+        self.events: dict[int, Located] = {}
+
+    def on_event(self, index: ChainIndex, ev: Located, change: tuple[str, int] | None) -> None:
+        if change is None:
+            return
+        what, key = change
+        if what == "put":
+            self.events[key] = ev
+        else:  # a tombstone deletes the object and everything below it
+            self.events = {k: e for k, e in self.events.items() if k in index.objects}
+
+
 # --- log surgery -------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Frame:
@@ -95,7 +114,7 @@ class Frame:
 
 
 def header_end(raw: bytes | bytearray) -> int:
-    _, _, body_len = HEADER_FIXED.unpack_from(raw, 0)
+    body_len: int = HEADER_FIXED.unpack_from(raw, 0)[2]
     return HEADER_FIXED.size + body_len + U32.size
 
 
