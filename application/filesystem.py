@@ -504,7 +504,9 @@ class FileSystemService:
         if changes.mtime_ns is not None:
             new = _replace(new, mtime_ns=changes.mtime_ns)
         new = _replace(new, ctime_ns=now)
-        self._put_inode(ino, new)
+        # Coalesced like a write's attribute changes: tar, cp -p and friends set times, mode
+        # and owner one call each; one inode event at the next flush records them all.
+        self._touch(ino, new)
         return self._attr(ino, new)
 
     # -- file contents -------------------------------------------------------------------------
