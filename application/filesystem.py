@@ -549,6 +549,10 @@ class FileSystemService:
             self._cache.popitem(last=False)
         return data
 
+    def read_page(self, ino: int, idx: int) -> bytes:
+        """One page's plaintext, verified (``FsError(EIO)`` when it fails its checks)."""
+        return self._load_page(ino, idx)
+
     def read(self, fh: int, offset: int, size: int) -> bytes:
         h = self._handle(fh)
         data = self.inode(h.ino)

@@ -31,6 +31,7 @@ class Mounted:
     created: bool
     cut_bytes: int
     read_only: bool = False
+    transactions: int = 0
 
     def close(self) -> None:
         """Write out everything and close the log (idempotent)."""
@@ -75,13 +76,16 @@ class MountService:
         indexer = FsIndexer(FsView(), session)
         session.add_indexer(indexer)
         fs = FileSystemService(session, indexer, self.clock, req.formats.data, self.space)
+        transactions = 0
         try:
             if not created:
-                session.start()
+                transactions = session.start()
             if not req.read_only:
                 fs.format_if_empty(req.uid, req.gid)
                 fs.collect_orphans()
         except BaseException:
             session.close()
             raise
-        return Mounted(session, fs, created, session.log.open_report.cut_bytes, req.read_only)
+        return Mounted(
+            session, fs, created, session.log.open_report.cut_bytes, req.read_only, transactions
+        )

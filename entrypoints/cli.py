@@ -27,16 +27,20 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: every option name in full, at any width
 )
 user_app = typer.Typer(
     help="Users are needed to access any remote file systems", no_args_is_help=True
 )
 group_app = typer.Typer(
-    help="Groups are collections of users that share same remote file system", no_args_is_help=True
+    help="Groups are collections of users that share same remote file system",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 token_app = typer.Typer(
     help="Tokens are needed to mount file systems without prompting for credentials",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(user_app, name="user")
 app.add_typer(group_app, name="group")
@@ -243,6 +247,53 @@ def mount(
         if temp:
             mounts.logs.remove(LOCAL_CHAIN)
     typer.echo(f"wasmer-dfs: unmounted {mnt}", err=True)
+
+
+@app.command()
+def verify(
+    log_path: Annotated[Path, typer.Argument(help="Directory of the local redo log (e.g. ~/wasmer/fs)")],
+    passcode: Annotated[str | None, typer.Option("--passcode", "-p", help=f"Passcode of the chain (also ${PASSCODE_ENV}, or a prompt)")] = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Salvage every intact object into a new log (not yet)")] = False,
+    no_auth: Annotated[bool, typer.Option("--no-auth", "-n", help="The chain is unencrypted (--no-auth)")] = False,
+) -> None:  # fmt: skip
+    """Checks a redo log end to end (checksums, seals, signatures, every page, the file tree)
+    without changing it."""
+    from application.fsck import verify as verify_chain
+    from application.ports import LogError
+    from entrypoints.bootstrap import bootstrap
+
+    if repair:
+        not_yet("verify --repair", "compaction and a crash-safe redo log")
+    logs_dir = log_path.expanduser().resolve()
+    mounts = bootstrap(logs_dir).mounts()
+    if not mounts.logs.exists(LOCAL_CHAIN):
+        fail(f"there is no redo log in {logs_dir}", 2)
+    secret = None if (no_auth or G.no_auth) else _passcode(passcode, False)
+    request = MountRequest(LOCAL_CHAIN, secret, Formats(), os.getuid(), os.getgid(), read_only=True)
+    try:
+        mounted = mounts.open(request)
+    except (SessionError, LogError) as exc:
+        fail(f"verification failed: {exc}", 3)
+    try:
+        report = verify_chain(mounted.fs, mounted.transactions)
+    finally:
+        mounted.close()
+    typer.echo(
+        f"{logs_dir}: {report.transactions} transactions, {report.objects} objects,"
+        f" {report.inodes} inodes, {report.pages} pages, {report.log_bytes} bytes"
+    )
+    if report.torn_bytes:
+        typer.echo(
+            f"torn tail: {report.torn_bytes} bytes after the last commit (cut at next mount)"
+        )
+    typer.echo(
+        "head signed: " + ("yes" if report.attested else "no (newest writes are sealed locally)")
+    )
+    for problem in report.problems:
+        typer.echo(f"problem: {problem}", err=True)
+    if not report.ok:
+        fail(f"{len(report.problems)} problems found", 1)
+    typer.echo("ok")
 
 
 # --- commands later issues build ----------------------------------------------------------------

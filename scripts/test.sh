@@ -6,7 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export PATH="$PWD/.venv/bin:$PATH"
-echo "== import-linter" && lint-imports --no-cache
-echo "== ruff" && ruff check . && ruff format --check .
-echo "== mypy" && mypy domain application adapters entrypoints
-echo "== pytest" && exec pytest -q -p no:cacheprovider "$@"
+echo "== import-linter"
+lint-imports --no-cache
+echo "== ruff"
+ruff check .
+ruff format --check .
+echo "== mypy"
+mypy domain application adapters entrypoints
+echo "== pytest"
+exec pytest -q -p no:cacheprovider "$@"

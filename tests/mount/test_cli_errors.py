@@ -316,11 +316,6 @@ def test_mount_help_lists_every_option(mounter: Mounter) -> None:
     assert not missing, (missing, r.stdout)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: at the default 80 columns (non-tty or an 80-column terminal) the rich "
-    "help truncates long option names ('--compact-threshold-f…', '--compact-threshold-s…')",
-)
 def test_mount_help_at_80_columns_lists_every_option(mounter: Mounter) -> None:
     env = {"COLUMNS": "80"}
     r = mounter.cli("mount", "--help", env=env)
@@ -345,3 +340,52 @@ def test_remote_mount_not_implemented(mounter: Mounter) -> None:
     assert_clean_failure(out)
     assert "not implemented" in out.stderr, out.stderr
     assert not any(logdir.iterdir())
+
+
+def test_verify_passes_a_sound_log_and_changes_nothing(
+    mounter: Mounter, corruptible: tuple[Path, dict[str, bytes]]
+) -> None:
+    pristine, files = corruptible
+    _mnt, logdir = mounter.dirs()
+    shutil.copyfile(pristine, logdir / "local.log")
+    before = mounter.log_digests(logdir)
+    r = mounter.cli("verify", str(logdir), env={"WASMER_DFS_PASSCODE": PW_A})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip().endswith("ok")
+    assert f"{len(files) + 1} inodes" in r.stdout
+    assert mounter.log_digests(logdir) == before
+
+
+def test_verify_finds_a_flipped_data_byte(
+    mounter: Mounter, corruptible: tuple[Path, dict[str, bytes]]
+) -> None:
+    pristine, _files = corruptible
+    _mnt, logdir = mounter.dirs()
+    raw = bytearray(pristine.read_bytes())
+    # The data of one page of 20 KiB: walk the frames (52-byte heads, ADR 0003) from the header.
+    page = 12 + 20 * 1024 + 16  # nonce + ciphertext + tag
+    pos = 8 + 2 + 4 + int.from_bytes(raw[10:14], "little") + 4  # past the file header
+    target = None
+    while pos + 52 <= len(raw):
+        meta_len = int.from_bytes(raw[pos + 4 : pos + 8], "little")
+        data_len = int.from_bytes(raw[pos + 8 : pos + 16], "little")
+        if data_len == page and target is None:
+            target = pos + 52 + meta_len + data_len // 2
+        pos += 52 + meta_len + data_len
+    assert target is not None and pos == len(raw), "the frame walk lost its way"
+    raw[target] ^= 0x40
+    (logdir / "local.log").write_bytes(bytes(raw))
+    r = mounter.cli("verify", str(logdir), env={"WASMER_DFS_PASSCODE": PW_A})
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert "problem" in r.stderr or "error" in r.stderr, r.stderr
+
+
+def test_verify_with_a_wrong_passcode_fails_clearly(
+    mounter: Mounter, corruptible: tuple[Path, dict[str, bytes]]
+) -> None:
+    pristine, _files = corruptible
+    _mnt, logdir = mounter.dirs()
+    shutil.copyfile(pristine, logdir / "local.log")
+    r = mounter.cli("verify", str(logdir), env={"WASMER_DFS_PASSCODE": PW_B})
+    assert r.returncode == 3 and "wrong passcode" in r.stderr
