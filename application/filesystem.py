@@ -560,16 +560,16 @@ class FileSystemService:
         if offset >= end:
             return b""
         ps = self.page_size
-        out = bytearray()
+        parts: list[bytes] = []
         for idx in page_span(offset, end - offset, ps):
             page = self._load_page(h.ino, idx)
             lo = max(offset, idx * ps) - idx * ps
             hi = min(end, (idx + 1) * ps) - idx * ps
-            chunk = page[lo:hi]
-            out += chunk
-            if len(chunk) < hi - lo:
-                out += bytes(hi - lo - len(chunk))
-        return bytes(out)
+            chunk = page if lo == 0 and hi == len(page) else page[lo:hi]
+            parts.append(chunk)
+            if len(chunk) < hi - lo:  # a short page or a hole: zeros
+                parts.append(bytes(hi - lo - len(chunk)))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def write(self, fh: int, offset: int, buf: bytes) -> int:
         h = self._handle(fh)
