@@ -1,0 +1,256 @@
+"""A client of the chain server (websockets, asyncio): what tests, benchmarks and the mount's
+replication use to talk to ``wasmer-dfs serve``.
+
+    client = await ChainClient.connect("ws://127.0.0.1:5000/db/myfs", header=body)
+    if client.welcome.header is None:           # the chain is new on the server
+        await client.commit(genesis_records)    # creates it
+    await client.subscribe(from_position=cursor)
+    async for msg in client.stream():           # Events, EndOfHistory, Confirmed, ReadOnly
+        ...
+    confirmed = await client.commit(records)    # returns after the server's fsync
+
+One background task reads every frame: ``Confirmed`` and ``CommitError`` resolve the commit
+that waits for them; everything a subscriber must see in order (``Events``, ``EndOfHistory``,
+``Confirmed`` of its own commits once subscribed, ``ReadOnly``, ``Fatal``) goes to a bounded
+queue read by ``next``/``stream``. A subscribed client must keep reading that queue: when it is
+full the reader stops, TCP pushes back, and the server ends a client that lags too far
+(``Fatal("too slow")``); it then reconnects and resubscribes from its cursor.
+
+``cursor`` follows the resumable position: the end of the last ``Events`` batch whose last
+record ends a transaction, of a ``Confirmed`` in the stream, or of ``EndOfHistory``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Sequence
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from domain.wire import (
+    MAX_FRAME,
+    PROTOCOL_VERSIONS,
+    Commit,
+    CommitError,
+    CommitRecord,
+    Confirmed,
+    EndOfHistory,
+    Events,
+    Fatal,
+    Hello,
+    ServerMessage,
+    Subscribe,
+    Welcome,
+    WireError,
+    WireRecord,
+    decode_server,
+    encode,
+)
+
+
+class ChainClientError(Exception):
+    """The connection failed or ended; the message says why."""
+
+
+class ServerFatal(ChainClientError):
+    """The server ended the connection with ``Fatal``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CommitFailed(ChainClientError):
+    """The server refused a transaction (``CommitError``)."""
+
+    def __init__(self, tx_id: int, reason: str) -> None:
+        super().__init__(f"transaction {tx_id} refused: {reason}")
+        self.tx_id = tx_id
+        self.reason = reason
+
+
+def chain_of(url: str) -> str:
+    path = urlsplit(url).path
+    if not path.startswith("/db/") or len(path) <= 4:
+        raise ValueError(f"a chain URL looks like ws://host:port/db/NAME, not {url!r}")
+    return path[4:]
+
+
+class ChainClient:
+    def __init__(self, ws: ClientConnection, welcome: Welcome, queue_size: int) -> None:
+        self.ws = ws
+        self.welcome = welcome
+        self.chain = welcome.chain
+        self.version = welcome.version
+        self.cursor = 0
+        self.subscribed = False
+        self._queue: asyncio.Queue[ServerMessage | None] = asyncio.Queue(queue_size)
+        self._pending: dict[int, asyncio.Future[Confirmed]] = {}
+        self._ids = itertools.count(1)
+        self._closed: ChainClientError | None = None
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        header: bytes | None = None,
+        versions: Sequence[int] = PROTOCOL_VERSIONS,
+        max_frame: int = 2 * MAX_FRAME,
+        queue_size: int = 64,
+        open_timeout: float = 10.0,
+        agent: str = "wasmer-dfs",
+    ) -> ChainClient:
+        """Connect, say Hello and return once Welcome arrived (``ServerFatal`` on a refusal)."""
+        chain = chain_of(url)
+        ws = await connect(
+            url,
+            max_size=max_frame,
+            compression=None,
+            open_timeout=open_timeout,
+            close_timeout=5,
+            max_queue=4,
+        )
+        try:
+            await ws.send(encode(Hello(list(versions), chain, header, agent)))
+            async with asyncio.timeout(open_timeout):
+                msg = decode_server(await ws.recv())
+            if isinstance(msg, Fatal):
+                raise ServerFatal(msg.reason)
+            if not isinstance(msg, Welcome):
+                raise ChainClientError(f"expected Welcome, got {type(msg).__name__}")
+        except BaseException:
+            await ws.close()
+            raise
+        return cls(ws, msg, queue_size)
+
+    # -- reading ---------------------------------------------------------------------------------
+    async def _read(self) -> None:
+        error: ChainClientError
+        try:
+            async for frame in self.ws:
+                msg = decode_server(frame)
+                if isinstance(msg, Confirmed):
+                    self._resolve(msg.tx_id, msg, None)
+                    if self.subscribed:
+                        await self._queue.put(msg)
+                elif isinstance(msg, CommitError):
+                    self._resolve(msg.tx_id, None, CommitFailed(msg.tx_id, msg.reason))
+                elif isinstance(msg, Fatal):
+                    self._closed = ServerFatal(msg.reason)
+                    await self._queue.put(msg)
+                else:
+                    await self._queue.put(msg)
+            error = ChainClientError("the server closed the connection")
+        except ConnectionClosed as exc:
+            error = ChainClientError(f"connection lost: {exc}")
+        except WireError as exc:
+            error = ChainClientError(f"the server sent a malformed frame: {exc}")
+            await self.ws.close(1002, "malformed frame")
+        if self._closed is None:
+            self._closed = error
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(self._closed)
+        self._pending.clear()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    def _resolve(self, tx_id: int, ok: Confirmed | None, err: CommitFailed | None) -> None:
+        fut = self._pending.pop(tx_id, None)
+        if fut is None or fut.done():
+            return
+        if err is not None:
+            fut.set_exception(err)
+        else:
+            fut.set_result(ok)  # type: ignore[arg-type]
+
+    async def next(self, timeout: float | None = None) -> ServerMessage:
+        """The next message of the stream, in order; ``ServerFatal`` / ``ChainClientError``
+        when the connection ended."""
+        async with asyncio.timeout(timeout):
+            msg = await self._queue.get()
+        if msg is None:
+            self._queue.put_nowait(None)  # every later call sees the end too
+            assert self._closed is not None
+            raise self._closed
+        if isinstance(msg, Fatal):
+            raise ServerFatal(msg.reason)
+        self._advance(msg)
+        return msg
+
+    def _advance(self, msg: ServerMessage) -> None:
+        if isinstance(msg, Events):
+            if msg.records and msg.records[-1].commit:
+                self.cursor = msg.end
+        elif isinstance(msg, Confirmed | EndOfHistory):
+            self.cursor = msg.end if isinstance(msg, Confirmed) else msg.position
+
+    async def stream(self) -> AsyncIterator[ServerMessage]:
+        while True:
+            yield await self.next()
+
+    async def history(self, timeout: float | None = None) -> tuple[list[WireRecord], int]:
+        """Every record up to ``EndOfHistory`` (after ``subscribe``) and its position."""
+        records: list[WireRecord] = []
+        while True:
+            msg = await self.next(timeout)
+            if isinstance(msg, Events):
+                records.extend(msg.records)
+            elif isinstance(msg, EndOfHistory):
+                return records, msg.position
+
+    # -- requests --------------------------------------------------------------------------------
+    async def subscribe(self, from_position: int | None = None) -> None:
+        """Stream the chain from ``from_position`` (default: the client's cursor; 0 = start)."""
+        self._check()
+        self.subscribed = True
+        start = self.cursor if from_position is None else from_position
+        await self.ws.send(encode(Subscribe(start)))
+
+    async def send_commit(self, records: Sequence[CommitRecord]) -> asyncio.Future[Confirmed]:
+        """Send one transaction; the future resolves with its ``Confirmed`` (after the server's
+        fsync) or fails with ``CommitFailed``."""
+        self._check()
+        tx_id = next(self._ids)
+        fut: asyncio.Future[Confirmed] = asyncio.get_running_loop().create_future()
+        self._pending[tx_id] = fut
+        await self.ws.send(encode(Commit(tx_id, list(records))))
+        return fut
+
+    async def commit(
+        self, records: Sequence[CommitRecord], timeout: float | None = None
+    ) -> Confirmed:
+        fut = await self.send_commit(records)
+        async with asyncio.timeout(timeout):
+            return await fut
+
+    async def send_raw(self, frame: bytes | str) -> None:
+        """Send any frame as it is (tests of the server's defences)."""
+        await self.ws.send(frame)
+
+    def _check(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+
+    @property
+    def closed(self) -> ChainClientError | None:
+        return self._closed
+
+    async def wait_closed(self, timeout: float | None = None) -> ChainClientError:
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(self._reader)
+        assert self._closed is not None
+        return self._closed
+
+    async def close(self) -> None:
+        await self.ws.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._reader), 5)
+        if not self._reader.done():
+            self._reader.cancel()

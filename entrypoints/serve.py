@@ -1,0 +1,122 @@
+"""`wasmer-dfs serve`: the chain server, and its composition (the server's adapters and
+service are built here and nowhere else).
+
+Register it in the CLI with ``app.command("serve")(serve)``; it also runs on its own:
+``python -m entrypoints.serve --listen 127.0.0.1:5000 --data-dir DIR``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from application.chain_server import ChainServer, ServerConfig
+from domain.wire import BATCH_BYTES, BATCH_EVENTS, MAX_FRAME, ServerLimits
+
+if TYPE_CHECKING:  # the adapters load when the server is built, not with the CLI
+    from adapters.ws_server import WsChainServer
+
+DEFAULT_DATA_DIR = Path("~/wasmer/server")
+
+_log = logging.getLogger("wasmer_dfs.server")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port); ``ValueError`` otherwise."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--listen must be HOST:PORT, not {listen!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def build_server(
+    data_dir: Path, config: ServerConfig, host: str = "127.0.0.1", port: int = 0
+) -> WsChainServer:
+    """The composition root of the chain server: the file redo logs of ``data_dir`` (one per
+    chain, the same adapter as a mount's), the real ML-DSA verifier, the system clock."""
+    from adapters.clock import SystemClock
+    from adapters.crypto import PqCrypto
+    from adapters.redolog import FileRedoLogFactory
+    from adapters.ws_server import WsChainServer
+
+    logs = FileRedoLogFactory(data_dir.expanduser())
+    app = ChainServer(logs, PqCrypto(), SystemClock(), config)
+    return WsChainServer(app, host, port)
+
+
+async def run_server(server: WsChainServer, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM or SIGINT (or ``stop``), then shut down gracefully."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        typer.echo(f"wasmer-dfs: serving chains at {server.url}/db/NAME", err=True)
+        await stop.wait()
+        typer.echo("wasmer-dfs: shutting down", err=True)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.close()
+
+
+def serve(
+    listen: Annotated[str, typer.Option("--listen", "-l", help="Address to listen on, HOST:PORT (clients connect to ws://HOST:PORT/db/NAME)")] = "127.0.0.1:5000",  # noqa: E501
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Directory of the chains' redo logs (one NAME.log per chain)")] = DEFAULT_DATA_DIR,  # noqa: E501
+    clock_tolerance: Annotated[float, typer.Option("--clock-tolerance", help="Seconds an event's timestamp may lie in the future")] = 30.0,  # noqa: E501
+    max_frame: Annotated[int, typer.Option("--max-frame", help="Largest frame accepted, in bytes (larger ones close the connection)")] = MAX_FRAME,  # noqa: E501
+    max_lag: Annotated[int, typer.Option("--max-lag", help="Bytes a live subscriber may lag before it is disconnected as too slow")] = 64 * 1024 * 1024,  # noqa: E501
+    send_timeout: Annotated[float, typer.Option("--send-timeout", help="Seconds a frame may take to reach a client before it is disconnected as too slow")] = 30.0,  # noqa: E501
+    read_only: Annotated[bool, typer.Option("--read-only", help="Serve the chains but refuse every commit")] = False,  # noqa: E501
+    no_create: Annotated[bool, typer.Option("--no-create", help="Refuse to create chains that do not exist")] = False,  # noqa: E501
+) -> None:  # fmt: skip
+    """Run a chain server: many chains, each at ws://HOST:PORT/db/NAME. It validates every event
+    (format, signatures, authorisation, timestamps) and never holds a key that decrypts."""
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        typer.echo(f"wasmer-dfs: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if clock_tolerance < 0 or max_frame < 64 * 1024 or max_lag < 0 or send_timeout <= 0:
+        typer.echo("wasmer-dfs: error: a limit is out of range", err=True)
+        raise typer.Exit(2)
+    limits = ServerLimits(
+        max_frame=max_frame,
+        batch_events=BATCH_EVENTS,
+        batch_bytes=BATCH_BYTES,
+        tolerance_ms=int(clock_tolerance * 1000),
+    )
+    config = ServerConfig(
+        limits=limits,
+        max_lag_bytes=max_lag,
+        send_timeout=send_timeout,
+        create_chains=not no_create,
+        read_only=read_only,
+    )
+    server = build_server(data_dir, config, host, port)
+    try:
+        asyncio.run(run_server(server))
+    except OSError as exc:
+        typer.echo(f"wasmer-dfs: error: cannot serve on {listen}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="wasmer-dfs: %(levelname)s: %(name)s: %(message)s"
+    )
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(serve)
+    app()
+
+
+if __name__ == "__main__":
+    main()
