@@ -100,7 +100,7 @@ say "installing build requirements into the venv: $CYTHON_SPEC ${BUILD_DEPS[*]}"
 "$PY" -m pip install -q "$CYTHON_SPEC" "${BUILD_DEPS[@]}" >&2 \
   || die "could not install the build requirements"
 
-say "compiling (Cython, then gcc: about a minute)"
+say "compiling (Cython, then gcc: about 30 s)"
 log="$WORK/build.log"
 if ! (cd "$SRC" && SETUPTOOLS_SCM_PRETEND_VERSION_FOR_PYFUSE3="$VERSION" \
       "$PY" -m pip install --no-build-isolation --no-deps --force-reinstall --no-cache-dir \

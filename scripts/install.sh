@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv)
+SYSTEM_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv patch)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -38,3 +38,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     || { echo "install: the Python packages did not install" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
+
+# pyfuse3 with the operations it lacks (locks, fallocate, lseek, copy_file_range): our patch,
+# rebuilt only when it changed (docs/adr/0006-pyfuse3-patch.md).
+bash scripts/build_pyfuse3.sh .venv
