@@ -18,6 +18,12 @@ full the reader stops, TCP pushes back, and the server ends a client that lags t
 
 ``cursor`` follows the resumable position: the end of the last ``Events`` batch whose last
 record ends a transaction, of a ``Confirmed`` in the stream, or of ``EndOfHistory``.
+
+Locks (docs/adr/0010): ``lock_call`` sends a lock message that is answered (``Lock``,
+``LockTest``, ``LockSync``, ``LockRenew``) and returns a future of its ``LockResult``, matched by
+``req``; ``lock_send`` sends one that is not (``Unlock``, ``LockCancel``: the answer to a cancel
+resolves the cancelled request's future if it is still open). Lock answers never enter the
+stream's queue. ``adapters/ws_locks.py`` builds the mount's lock coordinator on this.
 """
 
 from __future__ import annotations
@@ -42,8 +48,15 @@ from domain.wire import (
     Events,
     Fatal,
     Hello,
+    Lock,
+    LockCancel,
+    LockRenew,
+    LockResult,
+    LockSync,
+    LockTest,
     ServerMessage,
     Subscribe,
+    Unlock,
     Welcome,
     WireError,
     WireRecord,
@@ -90,6 +103,7 @@ class ChainClient:
         self.subscribed = False
         self._queue: asyncio.Queue[ServerMessage | None] = asyncio.Queue(queue_size)
         self._pending: dict[int, asyncio.Future[Confirmed]] = {}
+        self._lock_pending: dict[int, asyncio.Future[LockResult]] = {}
         self._ids = itertools.count(1)
         self._closed: ChainClientError | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -105,6 +119,7 @@ class ChainClient:
         queue_size: int = 64,
         open_timeout: float = 10.0,
         agent: str = "wasmer-dfs",
+        client_id: bytes | None = None,
     ) -> ChainClient:
         """Connect, say Hello and return once Welcome arrived (``ServerFatal`` on a refusal)."""
         chain = chain_of(url)
@@ -117,7 +132,7 @@ class ChainClient:
             max_queue=4,
         )
         try:
-            await ws.send(encode(Hello(list(versions), chain, header, agent)))
+            await ws.send(encode(Hello(list(versions), chain, header, agent, client_id)))
             async with asyncio.timeout(open_timeout):
                 msg = decode_server(await ws.recv())
             if isinstance(msg, Fatal):
@@ -141,6 +156,10 @@ class ChainClient:
                         await self._queue.put(msg)
                 elif isinstance(msg, CommitError):
                     self._resolve(msg.tx_id, None, CommitFailed(msg.tx_id, msg.reason))
+                elif isinstance(msg, LockResult):
+                    lock_fut = self._lock_pending.pop(msg.req, None)
+                    if lock_fut is not None and not lock_fut.done():
+                        lock_fut.set_result(msg)
                 elif isinstance(msg, Fatal):
                     self._closed = ServerFatal(msg.reason)
                     await self._queue.put(msg)
@@ -158,6 +177,10 @@ class ChainClient:
             if not fut.done():
                 fut.set_exception(self._closed)
         self._pending.clear()
+        for lock_fut in self._lock_pending.values():
+            if not lock_fut.done():
+                lock_fut.set_exception(self._closed)
+        self._lock_pending.clear()
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(None)
 
@@ -229,6 +252,29 @@ class ChainClient:
         fut = await self.send_commit(records)
         async with asyncio.timeout(timeout):
             return await fut
+
+    async def lock_call(
+        self, msg: Lock | LockTest | LockSync | LockRenew
+    ) -> asyncio.Future[LockResult]:
+        """Send a lock message that is answered; the future resolves with its ``LockResult``
+        (``ChainClientError`` when the connection ends first)."""
+        self._check()
+        fut: asyncio.Future[LockResult] = asyncio.get_running_loop().create_future()
+        self._lock_pending[msg.req] = fut
+        try:
+            await self.ws.send(encode(msg))
+        except ConnectionClosed as exc:
+            self._lock_pending.pop(msg.req, None)
+            raise ChainClientError(f"connection lost: {exc}") from None
+        return fut
+
+    async def lock_send(self, msg: Unlock | LockCancel) -> None:
+        """Send a lock message without an answer of its own."""
+        self._check()
+        try:
+            await self.ws.send(encode(msg))
+        except ConnectionClosed as exc:
+            raise ChainClientError(f"connection lost: {exc}") from None
 
     async def send_raw(self, frame: bytes | str) -> None:
         """Send any frame as it is (tests of the server's defences)."""

@@ -10,7 +10,9 @@ The protocol logic is ``application.chain_server`` (sans I/O); this adapter move
   connection with ``Fatal("too slow")``; the client resubscribes from its position;
 * a *syncer* per chain fsyncs the log off the loop (group commit: one fsync covers every
   transaction appended before it) and then moves the chain's durable end, which wakes the
-  writers: ``Confirmed`` and live events only ever follow an fsync.
+  writers: ``Confirmed`` and live events only ever follow an fsync;
+* a *lock ticker* expires lock leases and ends the grace period after a start (ADR 0010), every
+  tenth of a lease.
 
 Frames above ``max_frame`` are refused by websockets itself (close code 1009); a malformed frame
 closes its connection with ``Fatal`` and code 1002; a refusal with ``Fatal`` and code 1008.
@@ -263,6 +265,7 @@ class WsChainServer:
         self._conns: set[_Connection] = set()
         self._syncers: dict[ChainHost, _Syncer] = {}
         self._loading: dict[str, asyncio.Lock] = {}
+        self._lock_ticker: asyncio.Task[None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -279,6 +282,16 @@ class WsChainServer:
             close_timeout=self.close_timeout,
             server_header="wasmer-dfs",
         )
+        self._lock_ticker = asyncio.create_task(self._lock_ticks())
+
+    async def _lock_ticks(self) -> None:
+        interval = min(1.0, max(0.01, self.app.config.locks.lease / 10))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.app.lock_tick()
+            except Exception:  # a bug must not stop the leases
+                _log.exception("lock tick failed")
 
     @property
     def port(self) -> int:
@@ -299,6 +312,10 @@ class WsChainServer:
         if self.closing:
             return
         self.closing = True
+        if self._lock_ticker is not None:
+            self._lock_ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lock_ticker
         server = self._server
         if server is not None:
             server.close(close_connections=False)  # stop listening now

@@ -28,6 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+import msgspec
+
+from application.lock_server import ChainLocks, LockConfig, LockSession
 from application.ports import (
     Clock,
     Crypto,
@@ -62,7 +65,11 @@ from domain.wire import (
     Events,
     Hello,
     Lock,
+    LockCancel,
+    LockRenew,
     LockResult,
+    LockSync,
+    LockTest,
     ReadOnly,
     ServerLimits,
     ServerMessage,
@@ -114,6 +121,15 @@ class ServerConfig:
     #: serve history and live events, but refuse every commit
     read_only: bool = False
     versions: tuple[int, ...] = PROTOCOL_VERSIONS
+    #: leases, grace period and limits of distributed locks (docs/adr/0010)
+    locks: LockConfig = field(default_factory=LockConfig)
+
+    @property
+    def welcome_limits(self) -> ServerLimits:
+        """The limits told in ``Welcome`` (with the lock lease)."""
+        return msgspec.structs.replace(
+            self.limits, lock_lease_ms=max(1, round(self.locks.lease * 1000))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,6 +478,11 @@ class ChainServer:
         self.config = config
         self.hosts: dict[str, ChainHost] = {}
         self._users: dict[ChainHost, int] = {}
+        #: lock state by chain name: it outlives the chain's host (a client's locks stay for
+        #: its lease after its connection ended, even when nobody else uses the chain)
+        self.locks: dict[str, ChainLocks] = {}
+        #: after a (re)start, only reclaims are granted until then (ADR 0010)
+        self.grace_until = clock.monotonic() + config.locks.grace_seconds
 
     def loaded(self, name: str) -> ChainHost | None:
         host = self.hosts.get(name)
@@ -521,6 +542,28 @@ class ChainServer:
             del self.hosts[host.name]
         host.close()
 
+    # -- locks ---------------------------------------------------------------------------------
+    def chain_locks(self, name: str) -> ChainLocks:
+        state = self.locks.get(name)
+        if state is None:
+
+            def durable_end() -> int | None:
+                host = self.hosts.get(name)
+                return host.durable_end if host is not None and host.broken is None else None
+
+            state = self.locks[name] = ChainLocks(
+                self.clock, self.config.locks, grace_until=self.grace_until, durable_end=durable_end
+            )
+        return state
+
+    def lock_tick(self) -> None:
+        """Expire lock leases, end the grace period; forget the lock state of chains nobody
+        holds a session of (called every fraction of a lease by the adapter)."""
+        for name, state in list(self.locks.items()):
+            state.tick()
+            if state.empty:
+                del self.locks[name]
+
     def _drop(self, name: str) -> None:
         host = self.hosts.pop(name, None)
         if host is not None:
@@ -564,6 +607,9 @@ class Peer:
         self.end_of_history_sent = False
         self.too_slow = False
         self._attached = False
+        self.client_id: bytes | None = None
+        self.lock_session: LockSession | None = None
+        self.lock_expired: str | None = None
 
     # -- incoming --------------------------------------------------------------------------------
     def hello(self, msg: Hello, host: ChainHost | None) -> Welcome:
@@ -575,7 +621,8 @@ class Peer:
             self.version = negotiate(msg.versions, self.server.config.versions)
         except VersionMismatch as exc:
             raise Refused(str(exc)) from None
-        limits = self.server.config.limits
+        self.client_id = msg.client_id
+        limits = self.server.config.welcome_limits
         if host is None:
             if msg.header is None:
                 raise Refused(f"chain {self.chain!r} does not exist on this server")
@@ -614,14 +661,35 @@ class Peer:
             self._commit(msg)
         elif isinstance(msg, Subscribe):
             self._subscribe(msg)
-        elif isinstance(msg, Lock):
-            self.notices.append(LockResult(msg.key, False))
-        elif isinstance(msg, Unlock):
-            pass
+        elif isinstance(msg, Lock | Unlock | LockCancel | LockTest | LockSync | LockRenew):
+            self._lock(msg)
         elif isinstance(msg, Hello):
             raise Refused("a second Hello on one connection")
         else:
             raise Refused(f"unexpected message {type(msg).__name__}")
+        self.wakeup()
+
+    # -- locks ---------------------------------------------------------------------------------
+    def _lock(self, msg: Lock | Unlock | LockCancel | LockTest | LockSync | LockRenew) -> None:
+        locks = self.server.chain_locks(self.chain)
+        if self.lock_expired is not None:
+            return  # this connection is ending
+        session = self.lock_session
+        if session is None or session.closed:
+            session = self.lock_session = locks.attach(
+                self.client_id, self._lock_answer, self._lock_lease_expired
+            )
+        answer = locks.handle(session, msg)
+        if answer is not None:
+            self.notices.append(answer)
+
+    def _lock_answer(self, msg: LockResult) -> None:
+        self.notices.append(msg)
+        self.wakeup()
+
+    def _lock_lease_expired(self, reason: str) -> None:
+        self.lock_expired = reason
+        self.lock_session = None
         self.wakeup()
 
     def _subscribe(self, msg: Subscribe) -> None:
@@ -694,6 +762,8 @@ class Peer:
         ``Refused`` when the connection must end (too slow, chain broken)."""
         if self.too_slow:
             raise Refused("too slow")
+        if self.lock_expired is not None:
+            raise Refused(self.lock_expired)
         if self.notices:
             return self.notices.popleft()
         host = self.host
@@ -727,6 +797,11 @@ class Peer:
 
     def close(self) -> bool:
         """Detach from the chain; True when the chain has no users left."""
+        if self.lock_session is not None:
+            state = self.server.locks.get(self.chain)
+            if state is not None:
+                state.detach(self.lock_session, self._lock_answer)
+            self.lock_session = None
         if not self._attached or self.host is None:
             return False
         self._attached = False

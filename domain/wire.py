@@ -12,12 +12,14 @@ agree on a version or say why they cannot. Every other message belongs to the ve
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
 import msgspec
 
 from domain.errors import DomainError
+from domain.locks import EOF
 
 #: protocol versions this program speaks, oldest first
 PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
@@ -37,6 +39,11 @@ FormatByte = Annotated[int, msgspec.Meta(ge=0, le=255)]
 Version = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 ChainName = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_NAME)]
 Reason = Annotated[str, msgspec.Meta(max_length=_MAX_REASON)]
+#: a byte offset of a lock range, and its exclusive end (``EOF``: to the end of the file)
+Offset = Annotated[int, msgspec.Meta(ge=0, le=EOF - 1)]
+End = Annotated[int, msgspec.Meta(ge=1, le=EOF)]
+#: at most this many locks in one ``LockSync``
+MAX_SYNC_LOCKS = 100_000
 
 
 class WireError(DomainError):
@@ -78,6 +85,8 @@ class ServerLimits(msgspec.Struct, frozen=True):
     max_pending_commits: int = 64
     #: how far in the future an event's timestamp may lie
     tolerance_ms: int = 30_000
+    #: a client's locks are freed this long after the server last heard from it (ADR 0010)
+    lock_lease_ms: int = 10_000
 
 
 # --- client -> server ---------------------------------------------------------------------------
@@ -90,6 +99,9 @@ class Hello(msgspec.Struct, frozen=True, tag="hello", tag_field="t"):
     chain: ChainName
     header: bytes | None = None
     agent: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    #: the client's name for its lock session (random, kept across reconnects, so that a
+    #: reconnect finds its locks again); None: the locks of this connection cannot be reclaimed
+    client_id: Annotated[bytes, msgspec.Meta(min_length=1, max_length=64)] | None = None
 
 
 class Subscribe(msgspec.Struct, frozen=True, tag="subscribe", tag_field="t"):
@@ -108,14 +120,93 @@ class Commit(msgspec.Struct, frozen=True, tag="commit", tag_field="t"):
     records: Annotated[list[CommitRecord], msgspec.Meta(min_length=1)]
 
 
-class Lock(msgspec.Struct, frozen=True, tag="lock", tag_field="t"):
-    """Placeholder for distributed locks (not served yet: answered ``LockResult(False)``)."""
+# --- locks (docs/adr/0010-lock-protocol.md) ------------------------------------------------------
+class LockStatus(enum.IntEnum):
+    GRANTED = 0  # granted (for LockTest: nothing conflicts; for LockRenew/LockSync: done)
+    CONFLICT = 1  # another owner holds a conflicting lock (``holder``); nothing changed
+    DEADLOCK = 2  # waiting would close a cycle of waiting owners (EDEADLK); nothing changed
+    CANCELLED = 3  # the answer to LockCancel: the request is withdrawn if it still waited
+    REFUSED = 4  # too many locks or waiters (ENOLCK); ``reason`` says which
+
+
+class LockSpan(msgspec.Struct, frozen=True, array_like=True):
+    """A lock as held: an object key, the owner within the client, flock (whole file) or POSIX,
+    the range ``[start, end)`` and the kind (1 read / shared, 2 write / exclusive)."""
 
     key: U64
+    owner: U64
+    flock: bool
+    start: Offset
+    end: End
+    kind: Annotated[int, msgspec.Meta(ge=1, le=2)]
+
+
+class Lock(msgspec.Struct, frozen=True, tag="lock", tag_field="t"):
+    """Set ``owner``'s lock on ``[start, end)`` of object ``key`` to ``kind`` (replacing what it
+    held there: POSIX semantics), all or nothing. Conflicting: ``CONFLICT`` at once, or with
+    ``wait`` an answer once granted (``LockCancel`` withdraws it). ``position``: when this
+    downgrades a write lock, the server log position that covers the holder's writes."""
+
+    req: U64
+    key: U64
+    owner: U64
+    kind: Annotated[int, msgspec.Meta(ge=1, le=2)]
+    start: Offset = 0
+    end: End = EOF
+    flock: bool = False
+    wait: bool = False
+    position: Position = 0
 
 
 class Unlock(msgspec.Struct, frozen=True, tag="unlock", tag_field="t"):
+    """Release ``owner``'s locks on ``[start, end)`` of ``key`` (no answer). ``position``: the
+    server log position after the holder's writes were confirmed (the next holder of the range
+    waits until it has applied the log up to there)."""
+
     key: U64
+    owner: U64
+    start: Offset = 0
+    end: End = EOF
+    flock: bool = False
+    position: Position = 0
+
+
+class LockCancel(msgspec.Struct, frozen=True, tag="lock-cancel", tag_field="t"):
+    """Withdraw the waiting request ``req``; answered ``CANCELLED`` (after ``GRANTED`` if the
+    grant came first: the client then undoes it)."""
+
+    req: U64
+
+
+class LockTest(msgspec.Struct, frozen=True, tag="lock-test", tag_field="t"):
+    """F_GETLK: would ``kind`` on ``[start, end)`` conflict? ``GRANTED`` (no) or ``CONFLICT``
+    with a ``holder``."""
+
+    req: U64
+    key: U64
+    owner: U64
+    kind: Annotated[int, msgspec.Meta(ge=1, le=2)]
+    start: Offset = 0
+    end: End = EOF
+    flock: bool = False
+
+
+class LockSync(msgspec.Struct, frozen=True, tag="lock-sync", tag_field="t"):
+    """After a (re)connect: this client's session holds exactly ``held``. Locks of the session
+    not listed are released (``position`` as in ``Unlock``); listed locks the session does not
+    hold any more are reclaimed when ``reclaim`` is set and the server is in its grace period
+    (and nothing conflicts), otherwise lost. Answered ``GRANTED`` with ``lost`` (indexes)."""
+
+    req: U64
+    held: Annotated[list[LockSpan], msgspec.Meta(max_length=MAX_SYNC_LOCKS)]
+    position: Position = 0
+    reclaim: bool = False
+
+
+class LockRenew(msgspec.Struct, frozen=True, tag="lock-renew", tag_field="t"):
+    """Keep this client's lease (every lock message does); answered ``GRANTED``."""
+
+    req: U64
 
 
 # --- server -> client ---------------------------------------------------------------------------
@@ -174,11 +265,23 @@ class Fatal(msgspec.Struct, frozen=True, tag="fatal", tag_field="t"):
 
 
 class LockResult(msgspec.Struct, frozen=True, tag="lock-result", tag_field="t"):
-    key: U64
-    granted: bool
+    """The answer to ``Lock``, ``LockTest``, ``LockCancel``, ``LockSync`` or ``LockRenew``
+    ``req``. A grant carries the ``position`` of the server's log the new holder must have
+    applied before it uses the lock (coherence: it then sees the previous holders' writes)."""
+
+    req: U64
+    status: LockStatus
+    position: Position = 0
+    holder: LockSpan | None = None
+    lost: list[int] = msgspec.field(default_factory=list)
+    reason: Reason = ""
 
 
-ClientMessage = Hello | Subscribe | Commit | Lock | Unlock
+ClientMessage = (
+    Hello | Subscribe | Commit | Lock | Unlock | LockCancel | LockTest | LockSync | LockRenew
+)
+#: the lock messages a client sends
+LockMessage = Lock | Unlock | LockCancel | LockTest | LockSync | LockRenew
 ServerMessage = (
     Welcome | Events | EndOfHistory | Confirmed | CommitError | ReadOnly | Fatal | LockResult
 )
@@ -212,7 +315,17 @@ def decode_client(frame: Any) -> ClientMessage:
     msg: ClientMessage = _decode(frame, _client_decoder, "client")
     if isinstance(msg, Commit):
         check_commit(msg.records)
+    elif isinstance(msg, Lock | Unlock | LockTest):
+        _check_range(msg.start, msg.end)
+    elif isinstance(msg, LockSync):
+        for span in msg.held:
+            _check_range(span.start, span.end)
     return msg
+
+
+def _check_range(start: int, end: int) -> None:
+    if end <= start:
+        raise WireError("malformed client frame: a lock range ends before it starts")
 
 
 def decode_server(frame: Any) -> ServerMessage:

@@ -473,13 +473,3 @@ async def test_a_client_that_stops_reading_is_dropped_as_too_slow(
     assert end > slow.cursor
     assert records and records[0].position == slow.cursor
     await still_serves(server, clients, chain)
-
-
-async def test_locks_are_placeholders(server: WsChainServer, clients: Clients) -> None:
-    from domain.wire import Lock, LockResult
-
-    chain = LocalChain()
-    a = await clients.connect(url(server), header=chain.header)
-    await create_chain(a, chain)
-    await a.send_raw(encode(Lock(5)))
-    assert await a.next(timeout=10) == LockResult(5, False)

@@ -9,6 +9,7 @@ import random
 import msgspec
 import pytest
 
+from domain.locks import EOF
 from domain.wire import (
     PROTOCOL_VERSIONS,
     ClientMessage,
@@ -21,7 +22,13 @@ from domain.wire import (
     Fatal,
     Hello,
     Lock,
+    LockCancel,
+    LockRenew,
     LockResult,
+    LockSpan,
+    LockStatus,
+    LockSync,
+    LockTest,
     ReadOnly,
     ServerLimits,
     ServerMessage,
@@ -44,8 +51,17 @@ CLIENT: list[ClientMessage] = [
     Subscribe(123456789),
     Commit(1, [CommitRecord(b"meta", 1, b"data"), CommitRecord(b"seal", 1)]),
     Commit(2**64 - 1, [CommitRecord(b"", 255, None)]),
-    Lock(42),
-    Unlock(42),
+    Hello([1], "myfs", client_id=b"\x01" * 16),
+    Lock(1, 42, 7, 2),
+    Lock(2, 42, 7, 1, 100, 110, flock=False, wait=True, position=4096),
+    Lock(3, 2**64 - 1, 2**64 - 1, 2, 0, EOF, flock=True),
+    Unlock(42, 7),
+    Unlock(42, 7, 5, 6, position=99),
+    LockCancel(2),
+    LockTest(4, 42, 7, 1, 0, 10),
+    LockSync(5, [LockSpan(42, 7, False, 0, 10, 2), LockSpan(43, 8, True, 0, EOF, 1)], 4096, True),
+    LockSync(6, []),
+    LockRenew(7),
 ]
 
 SERVER: list[ServerMessage] = [
@@ -61,7 +77,10 @@ SERVER: list[ServerMessage] = [
     CommitError(7, "a signature does not verify"),
     ReadOnly("the server is read-only"),
     Fatal("too slow"),
-    LockResult(42, False),
+    LockResult(42, LockStatus.GRANTED, 4096),
+    LockResult(43, LockStatus.CONFLICT, holder=LockSpan(42, 7, False, 100, 110, 2)),
+    LockResult(44, LockStatus.GRANTED, lost=[0, 3]),
+    LockResult(45, LockStatus.REFUSED, reason="too many locks"),
 ]
 
 
@@ -85,6 +104,10 @@ def test_every_message_kind_is_covered() -> None:
         Commit,
         Lock,
         Unlock,
+        LockCancel,
+        LockTest,
+        LockSync,
+        LockRenew,
         Welcome,
         Events,
         EndOfHistory,
@@ -147,6 +170,21 @@ MALFORMED_CLIENT: list[object] = [
     msgspec.msgpack.encode({"t": "commit", "tx_id": 1, "records": [[b"m", 1, b"d"]]}),
     msgspec.msgpack.encode({"t": "commit", "tx_id": 1, "records": [["m", 1, None]]}),
     msgspec.msgpack.encode({"t": "commit", "tx_id": 1, "records": "x"}),
+    msgspec.msgpack.encode({"t": "hello", "versions": [1], "chain": "x", "client_id": b""}),
+    msgspec.msgpack.encode({"t": "lock", "req": 1, "key": 1, "owner": 1, "kind": 0}),
+    msgspec.msgpack.encode({"t": "lock", "req": 1, "key": 1, "owner": 1, "kind": 3}),
+    msgspec.msgpack.encode(
+        {"t": "lock", "req": 1, "key": 1, "owner": 1, "kind": 1, "start": 5, "end": 5}
+    ),
+    msgspec.msgpack.encode({"t": "lock", "req": 1, "key": 1, "owner": 1, "kind": 1, "end": 2**63}),
+    msgspec.msgpack.encode({"t": "lock", "req": -1, "key": 1, "owner": 1, "kind": 1}),
+    msgspec.msgpack.encode({"t": "unlock", "key": 1, "owner": 1, "start": 9, "end": 3}),
+    msgspec.msgpack.encode(
+        {"t": "lock-test", "req": 1, "key": 1, "owner": 1, "kind": 1, "start": -1}
+    ),
+    msgspec.msgpack.encode({"t": "lock-sync", "req": 1, "held": [[1, 1, False, 7, 7, 1]]}),
+    msgspec.msgpack.encode({"t": "lock-sync", "req": 1, "held": [[1, 1, False, 0, 7, 9]]}),
+    msgspec.msgpack.encode({"t": "lock-cancel"}),
     b"\x91" * 100_000 + b"\xc0",  # nested too deeply
     "a text frame",
     None,
@@ -165,6 +203,7 @@ MALFORMED_SERVER: list[bytes] = [
     encode(Confirmed(1, 100, 100)),
     msgspec.msgpack.encode({"t": "welcome", "version": 0, "chain": "x", "header": None}),
     msgspec.msgpack.encode({"t": "fatal", "reason": "x" * 5000}),
+    msgspec.msgpack.encode({"t": "lock-result", "req": 1, "status": 9}),
 ]
 
 
