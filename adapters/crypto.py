@@ -44,7 +44,7 @@ class PqCrypto(Crypto):
         nonce = os.urandom(NONCE)
         return nonce + self._aead(key).encrypt(nonce, plaintext, aad)
 
-    def open(self, key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    def open(self, key: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes:
         if len(sealed) < NONCE + 16:
             raise CryptoError("sealed data is too short")
         try:

@@ -110,11 +110,16 @@ class FuseOperations(pyfuse3.Operations):
         if self.read_only:
             raise FsError(errno.EROFS)
 
+    def _new_entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        """An entry reply: the kernel holds a reference to the inode until it forgets it."""
+        self.service.remember(attr.ino)
+        return self.entry(attr)
+
     # -- handlers ------------------------------------------------------------------------------
     @_translate
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
         try:
-            return self.entry(self.service.lookup(parent_inode, name))
+            return self._new_entry(self.service.lookup(parent_inode, name))
         except FsError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -124,6 +129,13 @@ class FuseOperations(pyfuse3.Operations):
         negative.st_ino = 0
         negative.entry_timeout = CACHE_TIMEOUT
         return negative
+
+    async def forget(self, inode_list: Any) -> None:
+        for inode, nlookup in inode_list:
+            try:
+                self.service.forget(inode, nlookup)
+            except Exception:  # forget has no reply: never let it stop the file system
+                log.exception("forget(%d) failed", inode)
 
     @_translate
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
@@ -149,12 +161,12 @@ class FuseOperations(pyfuse3.Operations):
     @_translate
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
         self._writable()
-        return self.entry(self.service.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
+        return self._new_entry(self.service.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
 
     @_translate
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
         self._writable()
-        return self.entry(self.service.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+        return self._new_entry(self.service.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
 
     @_translate
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -169,7 +181,7 @@ class FuseOperations(pyfuse3.Operations):
     @_translate
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
         self._writable()
-        return self.entry(self.service.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
+        return self._new_entry(self.service.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
 
     @_translate
     async def rename(
@@ -182,19 +194,21 @@ class FuseOperations(pyfuse3.Operations):
     @_translate
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
         self._writable()
-        return self.entry(self.service.link(inode, new_parent_inode, new_name))
+        return self._new_entry(self.service.link(inode, new_parent_inode, new_name))
 
     @_translate
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
-        if flags & (os.O_WRONLY | os.O_RDWR):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             self._writable()
-        return pyfuse3.FileInfo(fh=self.service.open(inode), keep_cache=True)
+        # libfuse negotiates atomic_o_trunc: O_TRUNC arrives here instead of as a setattr.
+        fh = self.service.open(inode, truncate=bool(flags & os.O_TRUNC))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_translate
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
         self._writable()
         fh, attr = self.service.create(parent_inode, name, mode, ctx.uid, ctx.gid)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self.entry(attr)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._new_entry(attr)
 
     @_translate
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -219,6 +233,48 @@ class FuseOperations(pyfuse3.Operations):
         self.service.fsync(fh)
 
     @_translate
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        return self.service.getxattr(inode, name)
+
+    @_translate
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return self.service.listxattr(inode, privileged=ctx.uid == 0)
+
+    @_translate
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        # pyfuse3 has checked XATTR_CREATE / XATTR_REPLACE through getxattr already.
+        self._writable()
+        self.service.setxattr(inode, name, value)
+
+    @_translate
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        self._writable()
+        self.service.removexattr(inode, name)
+
+    # The next three exist only in the patched pyfuse3 (pyfuse3.WASMER_DFS_PATCH); an unpatched
+    # one never calls them and the kernel falls back (EOPNOTSUPP, whole-file data, read+write).
+    @_translate
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        self._writable()
+        self.service.fallocate(fh, mode, offset, length)
+
+    @_translate
+    async def lseek(self, fh: int, offset: int, whence: int) -> int:
+        if self.enable_writeback_cache:
+            # Data may still be dirty in the kernel's page cache, where we cannot see it (the
+            # kernel does not write it back before asking): ENOSYS makes the kernel answer
+            # from the size instead (the whole file is data), which is never wrong.
+            raise FsError(errno.ENOSYS)
+        return self.service.lseek(fh, offset, whence)
+
+    @_translate
+    async def copy_file_range(
+        self, fh_in: int, off_in: int, fh_out: int, off_out: int, length: int, flags: int
+    ) -> int:
+        self._writable()
+        return self.service.copy_range(fh_in, off_in, fh_out, off_out, length, flags)
+
+    @_translate
     async def opendir(self, inode: int, ctx: Any) -> int:
         return self.service.opendir(inode)
 
@@ -227,6 +283,8 @@ class FuseOperations(pyfuse3.Operations):
         for name, attr, next_id in self.service.readdir(fh, start_id):
             if not pyfuse3.readdir_reply(token, name, self.entry(attr), next_id):
                 break
+            if next_id > 2:  # readdirplus: the kernel references every entry but "." and ".."
+                self.service.remember(attr.ino)
 
     @_translate
     async def releasedir(self, fh: int) -> None:

@@ -18,6 +18,7 @@ read back (``read_data``), and at open for the last committed transaction.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -31,6 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from application.ports import (
+    DamagedLog,
+    DamagedSpan,
     DataRef,
     LogCorrupt,
     LogError,
@@ -69,6 +72,14 @@ _HASH_CHUNK = 1 << 20
 _SEARCH_CHUNK = 1 << 20
 
 REPAIR_HINT = "run `wasmer-dfs verify --repair` to salvage the records around the damage"
+TEMP_INFIX = ".rewrite-"  # temporary logs of compaction and repair: .<chain>.rewrite-*.tmp
+CKPT_INFIX = ".ckpt-"  # checkpoints being written: .<chain>.ckpt-*.tmp
+
+
+def repair_hint(directory: str | None) -> str:
+    if directory is None:
+        return REPAIR_HINT
+    return f"run `wasmer-dfs verify --repair {directory}` to salvage the records around the damage"
 
 
 def validate_chain_name(chain: str) -> str:
@@ -243,8 +254,11 @@ def _find_frame_after(read: ReadFn, start: int, end: int) -> int | None:
     return None
 
 
-def _recover(read: ReadFn, header_end: int, size: int, where: str) -> int:
-    """End of the committed, intact prefix of the log; ``LogCorrupt`` on mid-log damage."""
+def _recover(read: ReadFn, header_end: int, size: int, where: str, hint: str = REPAIR_HINT) -> int:
+    """End of the committed, intact prefix of the log; ``LogCorrupt`` on mid-log damage.
+
+    ``header_end`` may also be a committed end known from before (a checkpoint's): then only the
+    records after it are checked."""
     pos = header_end
     committed_end = prev_committed_end = header_end
     tx: list[_Frame] = []
@@ -268,7 +282,7 @@ def _recover(read: ReadFn, header_end: int, size: int, where: str) -> int:
             raise LogCorrupt(
                 f"{where}: the log is damaged at offset {damaged_at} (the record there is"
                 f" invalid, but a valid record follows at offset {later}, so this is not a"
-                f" torn tail); {REPAIR_HINT}"
+                f" torn tail); {hint}"
             )
     # A torn write may leave the frames of the last transaction intact but its data unwritten.
     for frame in last_tx:
@@ -283,6 +297,7 @@ class _Storage:
 
     where: str
     closed: bool
+    hint: str = REPAIR_HINT
 
     def pread(self, offset: int, n: int) -> bytes:
         raise NotImplementedError
@@ -328,7 +343,14 @@ class _Reader:
 class _LogBase(RedoLog):
     """The log logic on top of a storage: shared by the file and the in-memory logs."""
 
-    def __init__(self, storage: _Storage, *, read_only: bool, create_body: bytes | None) -> None:
+    def __init__(
+        self,
+        storage: _Storage,
+        *,
+        read_only: bool,
+        create_body: bytes | None,
+        resume_at: int | None = None,
+    ) -> None:
         self._storage = storage
         self._read_only = read_only
         self._lock = threading.Lock()
@@ -341,8 +363,13 @@ class _LogBase(RedoLog):
             self._report = OpenReport(0, size)
         else:
             self._header, self._header_end = _parse_header(storage.pread, size, storage.where)
+            start = self._header_end
+            if resume_at is not None and self._header_end < resume_at <= size:
+                at_end = resume_at == size
+                if at_end or _parse_frame(storage.pread, resume_at, size, need_data=False):
+                    start = resume_at  # a valid record (or the end) lies there: check after it
             committed_end = _recover(
-                _Reader(storage.pread).read, self._header_end, size, storage.where
+                _Reader(storage.pread).read, start, size, storage.where, storage.hint
             )
             self._report = OpenReport(size - committed_end, committed_end)
             if committed_end < size and not read_only:
@@ -370,21 +397,53 @@ class _LogBase(RedoLog):
             raise LogError(f"{self._storage.where}: the log is closed")
 
     # -- reading -------------------------------------------------------------------------------
-    def scan(self) -> Iterator[ScannedRecord]:
-        self._check_open()
-        return self._scan(self._committed_end)
+    @property
+    def committed_end(self) -> int:
+        return self._committed_end
 
-    def _scan(self, limit: int) -> Iterator[ScannedRecord]:
+    @property
+    def header_end(self) -> int:
+        return self._header_end
+
+    def scan(self, start: int | None = None, end: int | None = None) -> Iterator[ScannedRecord]:
+        self._check_open()
+        committed = self._committed_end
+        start = self._header_end if start is None else start
+        end = committed if end is None else end
+        if not self._header_end <= start <= end <= committed:
+            raise LogError(
+                f"{self._storage.where}: cannot scan [{start}, {end}): the committed records lie"
+                f" in [{self._header_end}, {committed})"
+            )
+        return self._scan(start, end)
+
+    def read_record(self, position: int) -> ScannedRecord:
+        self._check_open()
+        parsed = None
+        if self._header_end <= position < self._committed_end:
+            parsed = _parse_frame(
+                self._storage.pread, position, self._committed_end, need_data=True
+            )
+        if parsed is None:
+            raise LogCorrupt(
+                f"{self._storage.where}: no valid record at offset {position}; {self._storage.hint}"
+            )
+        frame, meta = parsed
+        return ScannedRecord(
+            position, meta, frame.fmt, frame.data_ref(), bool(frame.flags & FLAG_COMMIT)
+        )
+
+    def _scan(self, start: int, limit: int) -> Iterator[ScannedRecord]:
         reader = _Reader(self._storage.pread)
-        pos = self._header_end
+        pos = start
         where = self._storage.where
         while pos < limit:
             self._check_open()
             parsed = _parse_frame(reader.read, pos, limit, need_data=True)
             if parsed is None:
                 raise LogCorrupt(
-                    f"{where}: the record at offset {pos} was damaged after the log was opened;"
-                    f" {REPAIR_HINT}"
+                    f"{where}: the record at offset {pos} is damaged (it was not checked when"
+                    f" the log was opened, or was damaged since); {self._storage.hint}"
                 )
             frame, meta = parsed
             yield ScannedRecord(
@@ -404,7 +463,8 @@ class _LogBase(RedoLog):
             raise LogCorrupt(f"{where}: data at offset {ref.offset} is truncated")
         if h(data) != ref.data_hash:
             raise LogCorrupt(
-                f"{where}: data at offset {ref.offset} is damaged (hash mismatch); {REPAIR_HINT}"
+                f"{where}: data at offset {ref.offset} is damaged (hash mismatch);"
+                f" {self._storage.hint}"
             )
         return data
 
@@ -487,6 +547,7 @@ class _FileStorage(_Storage):
         self.fd = fd
         self.where = str(path)
         self.closed = False
+        self.hint = repair_hint(str(path.parent))
 
     def pread(self, offset: int, n: int) -> bytes:
         if self.closed:
@@ -534,21 +595,98 @@ class FileRedoLog(_LogBase):
         *,
         read_only: bool = False,
         create_body: bytes | None = None,
+        resume_at: int | None = None,
+        temp_of: str | None = None,
     ) -> None:
         self.path = path
+        #: the chain this temporary log will replace the log of (``create_temp``), else None
+        self.temp_of = temp_of
         storage = _FileStorage(fd, path)
         try:
-            super().__init__(storage, read_only=read_only, create_body=create_body)
+            super().__init__(
+                storage, read_only=read_only, create_body=create_body, resume_at=resume_at
+            )
         except BaseException:
             storage.close()
             raise
 
+    @property
+    def closed(self) -> bool:
+        return self._storage.closed
+
+    def _moved(self, path: pathlib.Path) -> None:
+        self.path = path
+        self._storage.where = str(path)
+        self.temp_of = None
+
+
+class _DamagedReader(DamagedLog):
+    """Reads a possibly damaged log frame by frame, reporting what lies between valid frames."""
+
+    def __init__(self, storage: _Storage) -> None:
+        self._storage = storage
+        try:
+            self._size = storage.size()
+            self._header, self._header_end = _parse_header(storage.pread, self._size, storage.where)
+        except BaseException:
+            storage.close()
+            raise
+
+    @property
+    def header(self) -> bytes:
+        return self._header
+
+    def size(self) -> int:
+        return self._size
+
+    def records(self) -> Iterator[ScannedRecord | DamagedSpan]:
+        reader = _Reader(self._storage.pread)
+        pos, size = self._header_end, self._size
+        while pos < size:
+            parsed = _parse_frame(reader.read, pos, size, need_data=True)
+            if parsed is not None:
+                frame, meta = parsed
+                commit = bool(frame.flags & FLAG_COMMIT)
+                yield ScannedRecord(pos, meta, frame.fmt, frame.data_ref(), commit)
+                pos = frame.end
+                continue
+            later = _find_frame_after(reader.read, pos + 1, size)
+            end = size if later is None else later
+            yield DamagedSpan(pos, end)
+            pos = end
+
+    def read_record(self, position: int) -> ScannedRecord:
+        parsed = None
+        if self._header_end <= position < self._size:
+            parsed = _parse_frame(self._storage.pread, position, self._size, need_data=True)
+        if parsed is None:
+            raise LogCorrupt(f"{self._storage.where}: no intact record at offset {position}")
+        frame, meta = parsed
+        return ScannedRecord(
+            position, meta, frame.fmt, frame.data_ref(), bool(frame.flags & FLAG_COMMIT)
+        )
+
+    def read_data(self, ref: DataRef) -> bytes:
+        where = self._storage.where
+        if ref.offset < self._header_end or ref.offset + ref.length > self._size:
+            raise LogCorrupt(f"{where}: data at offset {ref.offset} lies outside the log")
+        data = self._storage.pread(ref.offset, ref.length) if ref.length else b""
+        if len(data) != ref.length or h(data) != ref.data_hash:
+            raise LogCorrupt(f"{where}: data at offset {ref.offset} is damaged (hash mismatch)")
+        return data
+
+    def close(self) -> None:
+        if not self._storage.closed:
+            self._storage.close()
+
 
 class FileRedoLogFactory(RedoLogFactory):
-    """Logs at ``directory / f"{chain}.log"``.
+    """Logs at ``directory / f"{chain}.log"``, checkpoints at ``directory / f"{chain}.ckpt"``.
 
     A log opened for writing holds an exclusive ``flock`` on its file (when ``lock`` is true), so
-    that two processes never append to the same chain; read-only opens take no lock.
+    that two processes never append to the same chain; read-only opens take no lock. A temporary
+    log (``create_temp``) is locked from its creation, so when it is renamed over the chain's log
+    the name stays locked by the same writer.
     """
 
     def __init__(self, directory: pathlib.Path | str, *, lock: bool = True) -> None:
@@ -557,6 +695,9 @@ class FileRedoLogFactory(RedoLogFactory):
 
     def path(self, chain: str) -> pathlib.Path:
         return self.directory / f"{validate_chain_name(chain)}.log"
+
+    def checkpoint_path(self, chain: str) -> pathlib.Path:
+        return self.directory / f"{validate_chain_name(chain)}.ckpt"
 
     def exists(self, chain: str) -> bool:
         return self.path(chain).is_file()
@@ -587,27 +728,39 @@ class FileRedoLogFactory(RedoLogFactory):
         fd = self._open_fd(path, chain, read_only=False)
         return FileRedoLog(fd, path, create_body=header)
 
+    def _flock(self, fd: int, path: pathlib.Path) -> None:
+        if not self._lock:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LogError(
+                f"{path}: the log is already open for writing (is the chain mounted?)"
+            ) from None
+
     def _open_fd(self, path: pathlib.Path, chain: str, *, read_only: bool) -> int:
         flags = os.O_RDONLY if read_only else os.O_RDWR | os.O_APPEND
         try:
             fd = os.open(path, flags | os.O_CLOEXEC)
         except FileNotFoundError:
             raise LogNotFound(f"no log for chain {chain!r} at {path}") from None
-        if self._lock and not read_only:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise LogError(
-                    f"{path}: the log is already open for writing (is the chain mounted?)"
-                ) from None
+        if not read_only:
+            self._flock(fd, path)
         return fd
 
-    def open(self, chain: str, *, read_only: bool = False) -> RedoLog:
+    def open(self, chain: str, *, read_only: bool = False, resume_at: int | None = None) -> RedoLog:
         path = self.path(chain)
-        return FileRedoLog(
-            self._open_fd(path, chain, read_only=read_only), path, read_only=read_only
-        )
+        fd = self._open_fd(path, chain, read_only=read_only)
+        if not read_only:
+            self._remove_strays(chain)  # we hold the writer's lock: no rewrite is under way
+        return FileRedoLog(fd, path, read_only=read_only, resume_at=resume_at)
+
+    def _remove_strays(self, chain: str) -> None:
+        """Temporary files a crash left behind: an unfinished rewrite, an unfinished checkpoint."""
+        for infix in (TEMP_INFIX, CKPT_INFIX):
+            for stray in self.directory.glob(f".{chain}{infix}*.tmp"):
+                stray.unlink(missing_ok=True)
 
     def read_header(self, chain: str) -> bytes:
         path = self.path(chain)
@@ -621,11 +774,111 @@ class FileRedoLogFactory(RedoLogFactory):
 
     def remove(self, chain: str) -> None:
         path = self.path(chain)
+        self.checkpoint_path(chain).unlink(missing_ok=True)
         try:
             path.unlink()
         except FileNotFoundError:
             raise LogNotFound(f"no log for chain {chain!r} at {path}") from None
         _fsync_dir(self.directory)
+
+    # -- rewriting -------------------------------------------------------------------------------
+    def create_temp(self, chain: str, header: bytes) -> RedoLog:
+        validate_chain_name(chain)
+        blob = encode_header(header)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{chain}{TEMP_INFIX}", suffix=".tmp", dir=self.directory
+        )
+        path = pathlib.Path(name)
+        try:
+            os.close(fd)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            self._flock(fd, path)
+            os.write(fd, blob)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return FileRedoLog(fd, path, create_body=header, temp_of=chain)
+
+    def _temp(self, log: RedoLog, chain: str | None = None) -> FileRedoLog:
+        if (
+            not isinstance(log, FileRedoLog)
+            or log.temp_of is None
+            or (chain is not None and log.temp_of != chain)
+            or log.path.parent != self.directory
+        ):
+            raise LogError("not a temporary log of this chain (see create_temp)")
+        if log.closed:
+            raise LogError(f"{log.path}: the temporary log is closed")
+        return log
+
+    def replace(self, chain: str, log: RedoLog) -> None:
+        tmp = self._temp(log, chain)
+        path = self.path(chain)
+        tmp.sync()
+        os.replace(tmp.path, path)
+        _fsync_dir(self.directory)
+        tmp._moved(path)
+
+    def discard(self, log: RedoLog) -> None:
+        tmp = self._temp(log)
+        tmp.close()
+        tmp.path.unlink(missing_ok=True)
+
+    def preserve(self, chain: str, suffix: str) -> str:
+        path = self.path(chain)
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", suffix):
+            raise ValueError(f"invalid suffix {suffix!r}")
+        kept = path.with_name(f"{path.name}.{suffix}")
+        try:
+            os.link(path, kept)
+        except FileNotFoundError:
+            raise LogNotFound(f"no log for chain {chain!r} at {path}") from None
+        except FileExistsError:
+            raise LogExists(f"{kept} exists already") from None
+        _fsync_dir(self.directory)
+        return str(kept)
+
+    def open_damaged(self, chain: str) -> DamagedLog:
+        path = self.path(chain)
+        fd = self._open_fd(path, chain, read_only=True)
+        self._flock(fd, path)  # no mount may write while a repair reads
+        return _DamagedReader(_FileStorage(fd, path))
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def write_checkpoint(self, chain: str, blob: bytes) -> None:
+        final = self.checkpoint_path(chain)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{chain}{CKPT_INFIX}", suffix=".tmp", dir=self.directory
+        )
+        tmp = pathlib.Path(name)
+        try:
+            try:
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.directory)
+
+    def read_checkpoint(self, chain: str) -> bytes | None:
+        try:
+            return self.checkpoint_path(chain).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def remove_checkpoint(self, chain: str) -> None:
+        path = self.checkpoint_path(chain)
+        if path.exists():
+            path.unlink(missing_ok=True)
+            _fsync_dir(self.directory)
 
 
 # --- in-memory twin ----------------------------------------------------------------------------
@@ -679,13 +932,21 @@ class MemoryRedoLog(_LogBase):
         *,
         read_only: bool = False,
         create_body: bytes | None = None,
+        resume_at: int | None = None,
+        temp_of: str | None = None,
     ) -> None:
         self.disk = disk
+        self.temp_of = temp_of
         super().__init__(
             _MemoryStorage(disk, f"memory log {chain!r}"),
             read_only=read_only,
             create_body=create_body,
+            resume_at=resume_at,
         )
+
+    @property
+    def closed(self) -> bool:
+        return self._storage.closed
 
 
 class MemoryRedoLogFactory(RedoLogFactory):
@@ -694,6 +955,9 @@ class MemoryRedoLogFactory(RedoLogFactory):
     def __init__(self) -> None:
         self._disks: dict[str, MemoryDisk] = {}
         self._open: list[MemoryRedoLog] = []
+        self._checkpoints: dict[str, bytes] = {}
+        #: logs kept aside by ``preserve``, by name
+        self.preserved: dict[str, bytes] = {}
 
     def _disk(self, chain: str) -> MemoryDisk:
         disk = self._disks.get(validate_chain_name(chain))
@@ -709,7 +973,8 @@ class MemoryRedoLogFactory(RedoLogFactory):
         return sorted(self._disks)
 
     def crash(self) -> None:
-        """Lose everything not synced, as a power cut would; every open log is closed."""
+        """Lose everything not synced, as a power cut would; every open log is closed (and
+        temporary logs not yet put in place are gone)."""
         for log in self._open:
             log.close()
         self._open.clear()
@@ -738,11 +1003,11 @@ class MemoryRedoLogFactory(RedoLogFactory):
         disk = self._disks[chain] = MemoryDisk(encode_header(header))
         return self._track(MemoryRedoLog(disk, chain, create_body=header))
 
-    def open(self, chain: str, *, read_only: bool = False) -> RedoLog:
+    def open(self, chain: str, *, read_only: bool = False, resume_at: int | None = None) -> RedoLog:
         disk = self._disk(chain)
         if not read_only:
             self._check_no_writer(chain, disk)
-        return self._track(MemoryRedoLog(disk, chain, read_only=read_only))
+        return self._track(MemoryRedoLog(disk, chain, read_only=read_only, resume_at=resume_at))
 
     def read_header(self, chain: str) -> bytes:
         data = self._disk(chain).data
@@ -754,3 +1019,65 @@ class MemoryRedoLogFactory(RedoLogFactory):
         """Forget the log; like an unlinked file, logs already open on it stay usable."""
         self._disk(chain)
         del self._disks[chain]
+        self._checkpoints.pop(chain, None)
+
+    # -- rewriting -------------------------------------------------------------------------------
+    def create_temp(self, chain: str, header: bytes) -> RedoLog:
+        validate_chain_name(chain)
+        disk = MemoryDisk(encode_header(header))
+        disk.synced = 0  # a new file: nothing of it is durable before its first sync
+        return self._track(
+            MemoryRedoLog(disk, f"{chain} (temporary)", create_body=header, temp_of=chain)
+        )
+
+    def _temp(self, log: RedoLog, chain: str | None = None) -> MemoryRedoLog:
+        if (
+            not isinstance(log, MemoryRedoLog)
+            or log.temp_of is None
+            or (chain is not None and log.temp_of != chain)
+            or log not in self._open
+        ):
+            raise LogError("not a temporary log of this chain (see create_temp)")
+        if log.closed:
+            raise LogError("the temporary log is closed")
+        return log
+
+    def replace(self, chain: str, log: RedoLog) -> None:
+        tmp = self._temp(log, chain)
+        tmp.sync()
+        self._disks[validate_chain_name(chain)] = tmp.disk
+        tmp.temp_of = None
+        tmp._storage.where = f"memory log {chain!r}"
+
+    def discard(self, log: RedoLog) -> None:
+        self._temp(log).close()
+
+    def preserve(self, chain: str, suffix: str) -> str:
+        name = f"{validate_chain_name(chain)}.log.{suffix}"
+        if name in self.preserved:
+            raise LogExists(f"{name} exists already")
+        self.preserved[name] = bytes(self._disk(chain).data)
+        return name
+
+    def open_damaged(self, chain: str) -> DamagedLog:
+        disk = self._disk(chain)
+        self._check_no_writer(chain, disk)
+        copy = MemoryDisk(bytes(disk.data))
+        return _DamagedReader(_MemoryStorage(copy, f"memory log {chain!r}"))
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def write_checkpoint(self, chain: str, blob: bytes) -> None:
+        self._checkpoints[validate_chain_name(chain)] = bytes(blob)
+
+    def read_checkpoint(self, chain: str) -> bytes | None:
+        return self._checkpoints.get(validate_chain_name(chain))
+
+    def remove_checkpoint(self, chain: str) -> None:
+        self._checkpoints.pop(validate_chain_name(chain), None)
+
+    def checkpoint(self, chain: str) -> bytes | None:
+        """The stored checkpoint (tests may damage it with ``put_checkpoint``)."""
+        return self._checkpoints.get(chain)
+
+    def put_checkpoint(self, chain: str, blob: bytes) -> None:
+        self._checkpoints[chain] = blob

@@ -12,13 +12,14 @@ import errno
 import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import msgspec
 
+from application import snapshot
 from application.ports import Clock, DataRef
-from application.session import ChainIntegrityError, ChainSession, ObjectKey
+from application.session import ChainIntegrityError, ChainSession, ObjectKey, Rebuildable
 from domain.chain import ChainIndex, Located
 from domain.events import Chunk, Confidentiality, Parent, Type
 from domain.formats import Format, decode, encode
@@ -26,15 +27,24 @@ from domain.fs.model import (
     COLL_DENTRIES,
     COLL_INODES,
     COLL_PAGES,
+    COLL_XATTRS,
+    NAME_MAX,
     ROOT_INO,
     TYPE_DENTRY,
     TYPE_INODE,
     TYPE_PAGE,
+    TYPE_XATTRS,
+    XATTR_SLOT,
     DentryData,
     FsError,
+    IdMap,
     InodeData,
+    XattrData,
     check_name,
+    check_xattr_name,
     page_span,
+    pages_for_size,
+    xattr_set,
 )
 from domain.fs.view import FsView
 from domain.hashing import derive_u64
@@ -43,6 +53,13 @@ _T = TypeVar("_T")
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+SEEK_DATA = 3
+SEEK_HOLE = 4
+COPY_CHUNK = 16 * 1024 * 1024  # the most one copy_file_range call moves (callers loop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +75,7 @@ class Attr:
     ctime_ns: int
     rdev: int
     blksize: int
-
-    @property
-    def blocks(self) -> int:
-        return (self.size + 511) // 512
+    blocks: int = 0  # 512-byte units actually stored (holes and sparse tails do not count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +130,10 @@ class FsIndexer:
                 parent, chunk = hdr.find(Parent), hdr.find(Chunk)
                 if parent is not None and chunk is not None:
                     self.view.delete_page(parent.parent, chunk.index)
+            elif kind == TYPE_XATTRS:
+                parent = hdr.find(Parent)
+                if parent is not None:
+                    self.view.put_xattrs(parent.parent, {})
             return
         if kind == TYPE_PAGE:
             parent, chunk = hdr.find(Parent), hdr.find(Chunk)
@@ -133,6 +151,27 @@ class FsIndexer:
                 dentry = ev.decoded if isinstance(ev.decoded, DentryData) else None
                 dentry = dentry or decode_struct(self._payload(ev), DentryData)
                 self.view.put_dentry(key, parent.parent, dentry)
+        elif kind == TYPE_XATTRS:
+            parent = hdr.find(Parent)
+            if parent is not None:
+                xa = ev.decoded if isinstance(ev.decoded, XattrData) else None
+                xa = xa or decode_struct(self._payload(ev), XattrData)
+                self.view.put_xattrs(parent.parent, dict(xa.entries))
+
+    # -- rebuilding and checkpoints (compaction; see application/snapshot.py) ------------------
+    def fork(self, session: ChainSession) -> FsIndexer:
+        """An empty indexer of a view of its own, reading through ``session``."""
+        return FsIndexer(FsView(), session)
+
+    def adopt(self, other: Rebuildable) -> None:
+        """Take ``other``'s state in place (the service's reference to the view stays valid)."""
+        snapshot.adopt(self, other)
+
+    def export_state(self) -> bytes | None:
+        return snapshot.export(self)
+
+    def import_state(self, blob: bytes | memoryview) -> None:
+        snapshot.load(self, blob)
 
 
 def encode_struct(obj: object, fmt: Format) -> bytes:
@@ -158,7 +197,8 @@ class _Handle:
 @dataclass(slots=True)
 class _DirHandle:
     ino: int
-    entries: list[tuple[bytes, int]] = field(default_factory=list)
+    #: names as listed since the last rewind: ".", "..", then the entries (offset = index + 1)
+    names: list[bytes] | None = None
 
 
 class FileSystemService:
@@ -193,6 +233,10 @@ class FileSystemService:
         self._dirs: dict[int, _DirHandle] = {}
         self._next_fh = 1
         self._attested_at = float("-inf")
+        #: how owners appear and are stored (--uid, --gid, --impersonate-uid); None: as stored
+        self.id_map: IdMap | None = None
+        #: inode -> references the kernel holds (its lookup count; FUSE only)
+        self._refs: dict[int, int] = {}
 
     # -- set-up --------------------------------------------------------------------------------
     def format_if_empty(self, uid: int, gid: int, mode: int = 0o755) -> None:
@@ -246,19 +290,37 @@ class FileSystemService:
         return data
 
     def _attr(self, ino: int, data: InodeData) -> Attr:
+        uid, gid = data.uid, data.gid
+        if self.id_map is not None:
+            uid, gid = self.id_map.show(uid, gid, self._owner())
         return Attr(
             ino=ino,
             mode=data.mode,
-            nlink=self.view.nlink(ino) if ino != ROOT_INO else 2 + self.view.subdirs.get(ino, 0),
-            uid=data.uid,
-            gid=data.gid,
+            nlink=self.view.nlink(ino),
+            uid=uid,
+            gid=gid,
             size=data.size,
             atime_ns=data.atime_ns,
             mtime_ns=data.mtime_ns,
             ctime_ns=data.ctime_ns,
             rdev=data.rdev,
             blksize=self.page_size,
+            blocks=self._blocks(ino, data.size) if stat.S_ISREG(data.mode) else 0,
         )
+
+    def _blocks(self, ino: int, size: int) -> int:
+        """512-byte blocks of the pages that exist (so ``du`` of a sparse file is small)."""
+        stored = self.view.pages.get(ino)
+        n = len(stored) if stored else 0
+        dirty = self._dirty_pages.get(ino)
+        if dirty:
+            n += sum(1 for i in dirty if not stored or i not in stored)
+        return (min(size, n * self.page_size) + 511) >> 9
+
+    def _owner(self) -> tuple[int, int]:
+        """The stored (uid, gid) of the root directory: the file system's owner (global ids)."""
+        root = self.inode(ROOT_INO)
+        return root.uid, root.gid
 
     def _put_inode(self, ino: int, data: InodeData, okey: ObjectKey | None = None) -> None:
         self._dirty_attr.pop(ino, None)
@@ -310,19 +372,46 @@ class FileSystemService:
         self._okeys.pop(ino, None)
 
     def _maybe_reap(self, ino: int) -> None:
-        named = self.view.links.get(ino, 0) > 0
-        if not named and self._open.get(ino, 0) == 0 and ino in self.view.inodes:
+        """Delete an inode that no name, no open handle and no kernel reference keeps."""
+        if (
+            self.view.links.get(ino, 0) == 0
+            and self._open.get(ino, 0) == 0
+            and ino not in self._refs
+            and ino != ROOT_INO
+            and ino in self.view.inodes
+        ):
             self._delete_inode(ino)
+
+    # -- kernel references (FUSE lookup counts) --------------------------------------------------
+    def remember(self, ino: int) -> None:
+        """The kernel took a reference to ``ino`` (an entry reply: lookup, create, mknod,
+        mkdir, symlink, link, or a readdirplus entry other than "." and "..")."""
+        refs = self._refs
+        refs[ino] = refs.get(ino, 0) + 1
+
+    def forget(self, ino: int, n: int) -> None:
+        """The kernel dropped ``n`` references (FUSE forget). An inode without names lives on
+        while the kernel still references it - an open FIFO or socket (opened without asking
+        us), the cwd of a process - and is deleted with the last reference."""
+        left = self._refs.get(ino, 0) - n
+        if left > 0:
+            self._refs[ino] = left
+            return
+        self._refs.pop(ino, None)
+        self._maybe_reap(ino)
 
     # -- queries -------------------------------------------------------------------------------
     def is_open(self, ino: int) -> bool:
-        return self._open.get(ino, 0) > 0
+        """Open, or referenced by the kernel: an inode without names must live on."""
+        return self._open.get(ino, 0) > 0 or ino in self._refs
 
     def getattr(self, ino: int) -> Attr:
         return self._attr(ino, self.inode(ino))
 
     def lookup(self, parent: int, name: bytes) -> Attr:
         self._dir(parent)
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
         if name == b".":
             return self.getattr(parent)
         if name == b"..":
@@ -367,6 +456,9 @@ class FileSystemService:
     def _new_inode(self, parent: int, mode: int, uid: int, gid: int, **kw: object) -> InodeData:
         now = self.clock.now_ns()
         pdata = self.inode(parent)
+        if self.id_map is not None:
+            owner = self._owner()
+            uid, gid = self.id_map.store_uid(uid, owner), self.id_map.store_gid(gid, owner)
         if pdata.mode & stat.S_ISGID:
             gid = pdata.gid
             if stat.S_ISDIR(mode):
@@ -416,9 +508,9 @@ class FileSystemService:
         now = self.clock.now_ns()
         self._delete_dentry(entry.dentry, parent)
         self._dir_changed(parent, now)
-        if self.view.nlink(entry.inode) > 0 or self._open.get(entry.inode, 0) > 0:
-            self._touch(entry.inode, _replace(self.inode(entry.inode), ctime_ns=now))
         self._maybe_reap(entry.inode)
+        if entry.inode in self.view.inodes:  # other names, open, or referenced: lives on
+            self._touch(entry.inode, _replace(self.inode(entry.inode), ctime_ns=now))
 
     def rmdir(self, parent: int, name: bytes) -> None:
         self._dir(parent)
@@ -468,7 +560,11 @@ class FileSystemService:
                     raise FsError(errno.ENOTEMPTY)
                 self._delete_dentry(dst.dentry, np)
                 self._maybe_reap(dst.inode)
+                if dst.inode in self.view.inodes:  # still linked elsewhere, or open
+                    self._touch(dst.inode, _replace(self.inode(dst.inode), ctime_ns=now))
             self._put_dentry(src.dentry, np, nname, src.inode)
+        if dst is not None and flags & RENAME_EXCHANGE:
+            self._touch(dst.inode, _replace(self.inode(dst.inode), ctime_ns=now))
         self._touch(src.inode, _replace(self.inode(src.inode), ctime_ns=now))
         self._dir_changed(op, now)
         if np != op:
@@ -493,6 +589,12 @@ class FileSystemService:
         if changes.uid is not None or changes.gid is not None:
             uid = changes.uid if changes.uid is not None else data.uid
             gid = changes.gid if changes.gid is not None else data.gid
+            if self.id_map is not None:
+                owner = self._owner()
+                if changes.uid is not None:
+                    uid = self.id_map.store_uid(uid, owner)
+                if changes.gid is not None:
+                    gid = self.id_map.store_gid(gid, owner)
             mode = new.mode
             if not stat.S_ISDIR(mode) and (uid != data.uid or gid != data.gid):
                 mode &= ~stat.S_ISUID
@@ -509,6 +611,54 @@ class FileSystemService:
         self._touch(ino, new)
         return self._attr(ino, new)
 
+    # -- extended attributes -------------------------------------------------------------------
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        self.inode(ino)
+        value = self.view.xattrs.get(ino, {}).get(name)
+        if value is None:
+            check_xattr_name(name)
+            raise FsError(errno.ENODATA)
+        return value
+
+    def listxattr(self, ino: int, privileged: bool = True) -> list[bytes]:
+        """Names of the inode's attributes; ``trusted.`` ones only for a privileged caller (as
+        ext4 lists them)."""
+        self.inode(ino)
+        names = list(self.view.xattrs.get(ino, ()))
+        if not privileged:
+            names = [n for n in names if not n.startswith(b"trusted.")]
+        return names
+
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        data = self.inode(ino)
+        self._put_xattrs(ino, xattr_set(self.view.xattrs.get(ino, {}), name, value, flags))
+        self._touch(ino, _replace(data, ctime_ns=self.clock.now_ns()))
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        data = self.inode(ino)
+        current = self.view.xattrs.get(ino, {})
+        if name not in current:
+            check_xattr_name(name)
+            raise FsError(errno.ENODATA)
+        self._put_xattrs(ino, {n: v for n, v in current.items() if n != name})
+        self._touch(ino, _replace(data, ctime_ns=self.clock.now_ns()))
+
+    def _put_xattrs(self, ino: int, entries: dict[bytes, bytes]) -> None:
+        """One event with all of the inode's attributes (none: the object is deleted)."""
+        key = derive_u64(ino, XATTR_SLOT)
+        if not entries:
+            self.session.delete(key, type_name=TYPE_XATTRS, parent=(ino, COLL_XATTRS))
+            return
+        xa = XattrData(list(entries.items()))
+        self.session.write(
+            key,
+            type_name=TYPE_XATTRS,
+            payload=encode_struct(xa, self.fmt),
+            decoded=xa,
+            okey=self._okey(ino),
+            parent=(ino, COLL_XATTRS),
+        )
+
     # -- file contents -------------------------------------------------------------------------
     def _open_handle(self, ino: int) -> int:
         fh = self._next_fh
@@ -517,9 +667,15 @@ class FileSystemService:
         self._open[ino] = self._open.get(ino, 0) + 1
         return fh
 
-    def open(self, ino: int) -> int:
-        self.inode(ino)
-        return self._open_handle(ino)
+    def open(self, ino: int, truncate: bool = False) -> int:
+        """Open a file; ``truncate`` is O_TRUNC (the kernel leaves it to us: atomic_o_trunc),
+        which empties a regular file and marks its mtime and ctime even when it was empty."""
+        data = self.inode(ino)
+        fh = self._open_handle(ino)
+        if truncate and data.is_reg:
+            self.setattr(ino, SetAttr(size=0))
+            self._handles[fh].wrote = True
+        return fh
 
     def _handle(self, fh: int) -> _Handle:
         h = self._handles.get(fh)
@@ -593,15 +749,10 @@ class FileSystemService:
                 page += bytes(lo - len(page))
             src = idx * ps + lo - offset
             page[lo:hi] = buf[src : src + hi - lo]
+        # Set-user-ID and set-group-ID are not cleared here: the kernel does it with a setattr
+        # before the write, and only for writers without CAP_FSETID (as on a local disk).
         now = self.clock.now_ns()
-        mode = data.mode
-        if mode & (stat.S_ISUID | stat.S_ISGID):
-            mode &= ~stat.S_ISUID
-            if mode & stat.S_IXGRP:
-                mode &= ~stat.S_ISGID
-        self._touch(
-            h.ino, _replace(data, size=max(data.size, end), mtime_ns=now, ctime_ns=now, mode=mode)
-        )
+        self._touch(h.ino, _replace(data, size=max(data.size, end), mtime_ns=now, ctime_ns=now))
         h.wrote = True
         if self._dirty_bytes > self.DIRTY_LIMIT:
             self.flush_all()
@@ -626,6 +777,110 @@ class FileSystemService:
             page = bytearray(self._load_page(ino, idx))[: new % ps]
             self._cache.pop((ino, idx), None)
             self._dirty_pages.setdefault(ino, {})[idx] = page
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """``fallocate(2)``: mode 0 and KEEP_SIZE reserve nothing (pages are written when data
+        comes; the size grows unless KEEP_SIZE), PUNCH_HOLE (with KEEP_SIZE) and ZERO_RANGE
+        turn the range into zeros, dropping the pages it covers whole (holes again)."""
+        h = self._handle(fh)
+        data = self.inode(h.ino)
+        if data.is_dir:
+            raise FsError(errno.EISDIR)
+        if not data.is_reg:
+            raise FsError(errno.ENODEV)
+        if offset < 0 or length <= 0:
+            raise FsError(errno.EINVAL)
+        known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
+        zeroing = mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)
+        if mode & ~known or zeroing == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+            raise FsError(errno.EOPNOTSUPP)
+        if mode & FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE:
+            raise FsError(errno.EOPNOTSUPP)
+        end = offset + length
+        if zeroing:
+            self._zero_range(h.ino, offset, min(end, data.size), data.size)
+        size = data.size if mode & FALLOC_FL_KEEP_SIZE else max(data.size, end)
+        now = self.clock.now_ns()
+        self._touch(h.ino, _replace(data, size=size, mtime_ns=now, ctime_ns=now))
+        h.wrote = True
+
+    def _zero_range(self, ino: int, start: int, end: int, size: int) -> None:
+        """Zeros in [start, end) of a file of ``size`` bytes: whole pages become holes."""
+        if end <= start:
+            return
+        ps = self.page_size
+        dirty = self._dirty_pages.setdefault(ino, {})
+        stored = self.view.pages.get(ino) or {}
+        for idx in page_span(start, end - start, ps):
+            lo = max(start, idx * ps) - idx * ps
+            hi = min(end, (idx + 1) * ps) - idx * ps
+            if lo == 0 and (hi == ps or idx * ps + hi >= size):
+                if dirty.pop(idx, None) is not None:
+                    self._dirty_bytes -= ps
+                self._cache.pop((ino, idx), None)
+                if idx in stored:
+                    self.session.delete(
+                        derive_u64(ino, idx),
+                        type_name=TYPE_PAGE,
+                        parent=(ino, COLL_PAGES),
+                        extra=[Chunk(idx)],
+                    )
+                continue
+            page = dirty.get(idx)
+            if page is None:
+                if idx not in stored:
+                    continue  # a hole already
+                page = bytearray(self._load_page(ino, idx))
+                self._cache.pop((ino, idx), None)
+                dirty[idx] = page
+                self._dirty_bytes += ps
+            if lo < len(page):
+                top = min(hi, len(page))
+                page[lo:top] = bytes(top - lo)
+        if not dirty:
+            del self._dirty_pages[ino]
+
+    def lseek(self, fh: int, offset: int, whence: int) -> int:
+        """``lseek(2)`` with SEEK_DATA or SEEK_HOLE, at page granularity: a page that exists is
+        data (even if it holds zeros), a missing one is a hole, the end of the file is a hole."""
+        h = self._handle(fh)
+        data = self.inode(h.ino)
+        if whence not in (SEEK_DATA, SEEK_HOLE):
+            raise FsError(errno.EINVAL)
+        if offset < 0 or offset >= data.size:
+            raise FsError(errno.ENXIO)
+        ps = self.page_size
+        stored = self.view.pages.get(h.ino) or {}
+        dirty = self._dirty_pages.get(h.ino) or {}
+        idx = offset // ps
+        if whence == SEEK_DATA:
+            # walk the gap, but never further than there are pages: O(min(gap, pages))
+            found = None
+            for i in range(
+                idx, min(idx + len(stored) + len(dirty) + 1, pages_for_size(data.size, ps))
+            ):
+                if i in stored or i in dirty:
+                    found = i
+                    break
+            else:
+                found = min((i for i in (*stored, *dirty) if i >= idx), default=None)
+            if found is None or found * ps >= data.size:
+                raise FsError(errno.ENXIO)
+            return max(offset, found * ps)
+        while idx in stored or idx in dirty:
+            idx += 1
+        return min(data.size, max(offset, idx * ps))
+
+    def copy_range(
+        self, fh_in: int, off_in: int, fh_out: int, off_out: int, length: int, flags: int = 0
+    ) -> int:
+        """``copy_file_range(2)``: up to ``COPY_CHUNK`` bytes per call (callers loop)."""
+        if flags:
+            raise FsError(errno.EINVAL)
+        data = self.read(fh_in, off_in, min(length, COPY_CHUNK))
+        if not data:
+            return 0
+        return self.write(fh_out, off_out, data)
 
     def _flush_pages(self, ino: int) -> None:
         dirty = self._dirty_pages.pop(ino, None)
@@ -673,7 +928,13 @@ class FileSystemService:
             self.session.commit()
 
     def flush(self, fh: int) -> None:
-        self.flush_file(self._handle(fh).ino)
+        """close(2): write out the file and, when this handle wrote, seal its transaction into
+        the log (a local seal costs microseconds), so a killed mount process loses nothing that
+        was closed; the background group commit fsyncs it within milliseconds."""
+        h = self._handle(fh)
+        self.flush_file(h.ino)
+        if h.wrote:
+            self.session.commit()
 
     def fsync(self, fh: int) -> None:
         self.flush_file(self._handle(fh).ino)
@@ -729,22 +990,50 @@ class FileSystemService:
         self._dir(ino)
         fh = self._next_fh
         self._next_fh += 1
-        entries = [(name, e.inode) for name, e in self.view.dirs.get(ino, {}).items()]
-        self._dirs[fh] = _DirHandle(ino, entries)
+        self._dirs[fh] = _DirHandle(ino)
         return fh
 
     def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Attr, int]]:
+        """Entries from offset ``start``: ".", "..", then the names. The names are those of the
+        directory when the listing started (offset 0: opendir or rewinddir), so offsets stay
+        valid while the directory changes and no name is listed twice or skipped; a name
+        removed since is left out, and one replaced since is listed with its current inode."""
         d = self._dirs.get(fh)
         if d is None:
             raise FsError(errno.EBADF)
-        for i in range(start, len(d.entries)):
-            name, ino = d.entries[i]
-            if ino not in self.view.inodes:
-                continue
-            yield name, self.getattr(ino), i + 1
+        view = self.view
+        if d.ino not in view.inodes:  # removed while open: lists nothing, as ext4
+            return
+        if start == 0 or d.names is None:
+            d.names = [b".", b"..", *view.dirs.get(d.ino, ())]
+        names = d.names
+        entries = view.dirs.get(d.ino) or {}
+        for i in range(start, len(names)):
+            if i >= 2:
+                entry = entries.get(names[i])
+                if entry is None:
+                    continue
+                ino = entry.inode
+            elif i == 0:
+                ino = d.ino
+            else:
+                ino = view.parent_of(d.ino) or ROOT_INO
+            yield names[i], self.getattr(ino), i + 1
 
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
+
+    # -- repair (application/repair.py) --------------------------------------------------------
+    def adopt_orphan(self, ino: int, directory: int, name: bytes) -> None:
+        """Give an inode that no directory names (its dentry was lost to damage) a name in
+        ``directory``: a repair saves such inodes into ``lost+found`` instead of losing them."""
+        check_name(name)
+        self._dir(directory)
+        self.inode(ino)
+        if self.view.links.get(ino, 0) or self.view.lookup(directory, name) is not None:
+            raise FsError(errno.EEXIST)
+        self._put_dentry(self._new_key(), directory, name, ino)
+        self._dir_changed(directory, self.clock.now_ns())
 
 
 def _replace(data: InodeData, **changes: object) -> InodeData:

@@ -4,6 +4,7 @@ every test, as S3QL does; ``wasmer-dfs verify`` builds on it)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from application.filesystem import FileSystemService
@@ -86,14 +87,21 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(fs: FileSystemService, transactions: int) -> VerifyReport:
+def verify(
+    fs: FileSystemService,
+    transactions: int,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> VerifyReport:
     """Check a replayed chain end to end: every record's checksum and every seal and signature
     were checked by the replay; here every page is read back (hash and authentication tag) and
     the materialised tree is checked for consistency."""
     problems = list(fsck(fs))
     pages = 0
+    total = sum(len(t) for t in fs.view.pages.values())
     for ino, table in list(fs.view.pages.items()):
         for idx in sorted(table):
+            if progress is not None and not pages & 255:
+                progress("pages", pages, total)
             pages += 1
             try:
                 fs.read_page(ino, idx)

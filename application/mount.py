@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from application import checkpoint
+from application.compaction import Compactor, Hook, Progress
 from application.filesystem import FileSystemService, FsIndexer
 from application.ports import Clock, Crypto, LogError, RedoLogFactory
 from application.session import DEFAULT_KDF, ChainIntegrityError, ChainSession, Formats
+from domain.compaction import CompactPolicy
 from domain.fs.model import DEFAULT_PAGE_SIZE
 from domain.fs.view import FsView
 
@@ -22,6 +25,10 @@ class MountRequest:
     read_only: bool = False
     page_size: int = DEFAULT_PAGE_SIZE
     kdf: tuple[int, int, int] = DEFAULT_KDF  # Argon2id iterations, memory KiB, lanes (new chains)
+    #: start from the checkpoint beside the log when it is consistent with the log (and save one
+    #: at unmount); False replays the whole log and leaves the checkpoint alone (verify)
+    use_checkpoint: bool = True
+    compaction: CompactPolicy = field(default_factory=CompactPolicy)
 
 
 @dataclass(slots=True)
@@ -32,12 +39,22 @@ class Mounted:
     cut_bytes: int
     read_only: bool = False
     transactions: int = 0
+    #: compacts the log (None when read-only)
+    compactor: Compactor | None = None
+    #: whether the state came from a checkpoint (then ``transactions`` counts those after it)
+    from_checkpoint: bool = False
+    save_checkpoint: bool = True
+    #: with a checkpoint, the log's records before this position were not checked at open
+    #: (``checkpoint.check_prefix`` does it in the background of a mount)
+    unchecked_until: int | None = None
 
     def close(self) -> None:
-        """Write out everything and close the log (idempotent)."""
+        """Write out everything, save a checkpoint, and close the log (idempotent)."""
         try:
             if not self.session.log_closed and not self.read_only:
                 self.fs.close()
+                if self.compactor is not None and self.save_checkpoint:
+                    self.compactor.save_checkpoint()
         finally:
             self.session.close()
 
@@ -49,19 +66,28 @@ class MountService:
         crypto: Crypto,
         clock: Clock,
         space: Callable[[], tuple[int, int, int]] | None = None,
+        hook: Hook | None = None,
     ) -> None:
         self.logs = logs
         self.crypto = crypto
         self.clock = clock
         self.space = space
+        self.hook = hook
 
-    def open(self, req: MountRequest) -> Mounted:
+    def open(self, req: MountRequest, progress: Progress | None = None) -> Mounted:
+        """Open (or create) the chain; ``progress`` follows the replay ("scan", done, total)."""
         created = False
+        blob: bytes | None = None
         try:
             if self.logs.exists(req.chain):
+                if req.use_checkpoint:
+                    try:
+                        blob = self.logs.read_checkpoint(req.chain)
+                    except OSError:
+                        blob = None
                 session = ChainSession.open(
                     self.logs, req.chain, req.passcode, self.crypto, self.clock, req.formats,
-                    read_only=req.read_only,
+                    read_only=req.read_only, resume_at=checkpoint.resume_position(blob),
                 )  # fmt: skip
             else:
                 if req.read_only:
@@ -73,19 +99,36 @@ class MountService:
                 created = True
         except LogError as exc:
             raise ChainIntegrityError(str(exc)) from None
+        session.progress = progress
         indexer = FsIndexer(FsView(), session)
         session.add_indexer(indexer)
         fs = FileSystemService(session, indexer, self.clock, req.formats.data, self.space)
         transactions = 0
+        loader = checkpoint.Loader(blob)
+        del blob  # the loader holds it alone, and drops it once decrypted
+        compactor = None
         try:
             if not created:
-                transactions = session.start()
+                transactions = session.start(restore=loader if req.use_checkpoint else None)
             if not req.read_only:
                 fs.format_if_empty(req.uid, req.gid)
                 fs.collect_orphans()
+                compactor = Compactor(
+                    self.logs, req.chain, session, self.clock, req.compaction,
+                    mark=loader.mark, hook=self.hook,
+                )  # fmt: skip
         except BaseException:
             session.close()
             raise
         return Mounted(
-            session, fs, created, session.log.open_report.cut_bytes, req.read_only, transactions
+            session,
+            fs,
+            created,
+            session.log.open_report.cut_bytes,
+            req.read_only,
+            transactions,
+            compactor=compactor,
+            from_checkpoint=loader.used and session.replayed_from is not None,
+            save_checkpoint=req.use_checkpoint,
+            unchecked_until=session.replayed_from if loader.used else None,
         )

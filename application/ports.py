@@ -7,6 +7,8 @@ import abc
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import msgspec
+
 
 # --- redo log ----------------------------------------------------------------------------------
 class LogError(Exception):
@@ -29,9 +31,9 @@ class LogHeaderError(LogError):
     """The file is not a redo log of this program, or its header is damaged or truncated."""
 
 
-@dataclass(frozen=True, slots=True)
-class DataRef:
-    """Where a record's data lies in the log: read it back with ``RedoLog.read_data``."""
+class DataRef(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """Where a record's data lies in the log: read it back with ``RedoLog.read_data``. (A
+    msgspec struct: compact in memory and in checkpoints, never walked by the collector.)"""
 
     offset: int
     length: int
@@ -73,6 +75,14 @@ class OpenReport:
     cut_from: int
 
 
+@dataclass(frozen=True, slots=True)
+class DamagedSpan:
+    """Bytes of a damaged log where no valid record could be read (``DamagedLog.records``)."""
+
+    start: int
+    end: int
+
+
 class RedoLog(abc.ABC):
     """An append-only, checksummed log of records with a versioned header.
 
@@ -89,8 +99,23 @@ class RedoLog(abc.ABC):
     def open_report(self) -> OpenReport: ...
 
     @abc.abstractmethod
-    def scan(self) -> Iterator[ScannedRecord]:
-        """Every committed record in order, from the start of the log."""
+    def scan(self, start: int | None = None, end: int | None = None) -> Iterator[ScannedRecord]:
+        """Committed records in order: from ``start`` (the position of a record; default the
+        first) up to ``end`` (default, and at most, the committed end)."""
+
+    @abc.abstractmethod
+    def read_record(self, position: int) -> ScannedRecord:
+        """The committed record at ``position`` (frame and meta; its data stays on disk).
+        ``LogCorrupt`` when no valid record starts there."""
+
+    @property
+    @abc.abstractmethod
+    def read_only(self) -> bool: ...
+
+    @property
+    @abc.abstractmethod
+    def committed_end(self) -> int:
+        """End of the last committed record: where a scan ends."""
 
     @abc.abstractmethod
     def append(self, record: LogRecord) -> tuple[int, DataRef | None]:
@@ -123,15 +148,88 @@ class RedoLogFactory(abc.ABC):
         """A new empty log; raises ``LogExists`` if one is there."""
 
     @abc.abstractmethod
-    def open(self, chain: str, *, read_only: bool = False) -> RedoLog:
-        """An existing log: header checked, torn tail cut (unless read-only), ready to scan."""
+    def open(self, chain: str, *, read_only: bool = False, resume_at: int | None = None) -> RedoLog:
+        """An existing log: header checked, torn tail cut (unless read-only), ready to scan.
+
+        ``resume_at`` is a committed end seen before (a checkpoint's): when a valid record or
+        the end of the file lies there, only the records after it are checked for a torn tail or
+        damage; otherwise the hint is ignored and the whole log is checked."""
 
     @abc.abstractmethod
     def read_header(self, chain: str) -> bytes:
         """Only the header body, changing nothing on disk."""
 
     @abc.abstractmethod
-    def remove(self, chain: str) -> None: ...
+    def remove(self, chain: str) -> None:
+        """Delete the chain's log (and its checkpoint)."""
+
+    # -- rewriting a log (compaction, repair) -----------------------------------------------------
+    @abc.abstractmethod
+    def create_temp(self, chain: str, header: bytes) -> RedoLog:
+        """A new, empty log beside the chain's log under a temporary name, open for writing and
+        locked like a writer. Nothing refers to it until ``replace``; a crash leaves only a stray
+        temporary file, which the next writable ``open`` of the chain deletes."""
+
+    @abc.abstractmethod
+    def replace(self, chain: str, log: RedoLog) -> None:
+        """Atomically make ``log`` (from ``create_temp``, synced) the chain's log: rename it over
+        the old log and make the rename durable. ``log`` stays open and is the chain's log from
+        now on (it keeps the writer's lock); handles on the old log still read the old bytes. A
+        crash at any instant leaves either the old or the new log, never a mix."""
+
+    @abc.abstractmethod
+    def discard(self, log: RedoLog) -> None:
+        """Close and delete a temporary log that will not be used."""
+
+    @abc.abstractmethod
+    def preserve(self, chain: str, suffix: str) -> str:
+        """Keep the chain's current log under a second name as well, ``<log name>.<suffix>``
+        (durably; the chain's log is unchanged); returns where it is kept."""
+
+    @abc.abstractmethod
+    def open_damaged(self, chain: str) -> DamagedLog:
+        """Read a log that may be damaged anywhere after its header (for repair). It changes
+        nothing, but holds the writer's lock, so that the chain is not mounted meanwhile."""
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def write_checkpoint(self, chain: str, blob: bytes) -> None:
+        """Store the chain's checkpoint (opaque bytes) atomically and durably."""
+
+    @abc.abstractmethod
+    def read_checkpoint(self, chain: str) -> bytes | None:
+        """The chain's checkpoint, or None when there is none."""
+
+    @abc.abstractmethod
+    def remove_checkpoint(self, chain: str) -> None:
+        """Delete the chain's checkpoint durably (nothing happens when there is none)."""
+
+
+class DamagedLog(abc.ABC):
+    """A log read record by record past damage (``RedoLogFactory.open_damaged``)."""
+
+    @property
+    @abc.abstractmethod
+    def header(self) -> bytes: ...
+
+    @abc.abstractmethod
+    def size(self) -> int: ...
+
+    @abc.abstractmethod
+    def records(self) -> Iterator[ScannedRecord | DamagedSpan]:
+        """Every intact record in file order, committed or not, and the damaged spans between
+        them; a torn tail is a damaged span at the end."""
+
+    @abc.abstractmethod
+    def read_record(self, position: int) -> ScannedRecord:
+        """The intact record at ``position`` (``LogCorrupt`` when there is none)."""
+
+    @abc.abstractmethod
+    def read_data(self, ref: DataRef) -> bytes:
+        """As ``RedoLog.read_data``: ``LogCorrupt`` when the data does not match its hash."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
 
 
 # --- crypto ------------------------------------------------------------------------------------
@@ -161,7 +259,7 @@ class Crypto(abc.ABC):
         """nonce || ciphertext || tag, with a fresh random nonce."""
 
     @abc.abstractmethod
-    def open(self, key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    def open(self, key: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes:
         """Inverse of ``seal``; raises ``CryptoError`` when anything was altered."""
 
     @abc.abstractmethod

@@ -10,8 +10,10 @@ to another event, object or chain without detection.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -27,6 +29,7 @@ from application.ports import (
     RedoLogFactory,
     ScannedRecord,
 )
+from application.snapshot import no_gc
 from domain.chain import (
     Authenticator,
     AuthorizationValidator,
@@ -60,12 +63,22 @@ from domain.events import (
     parse_header,
 )
 from domain.formats import Format
-from domain.hashing import EMPTY_HASH, h, key_hash, local_mac, seal_key, transaction_digest
+from domain.hashing import (
+    EMPTY_HASH,
+    checkpoint_key,
+    h,
+    key_hash,
+    local_mac,
+    seal_key,
+    transaction_digest,
+)
 
 CHAIN_KEY_OBJECT = 2
 TYPE_CHAIN_KEY = "chain-key"
 HEADER_VERSION = 1
 KEY_CHECK = b"wasmer-dfs/key-check/v1"
+
+_log = logging.getLogger("wasmer_dfs.session")
 
 
 class SessionError(Exception):
@@ -142,6 +155,25 @@ class Formats:
 DEFAULT_KDF = (3, 64 * 1024, 4)  # iterations, memory KiB, lanes: ~0.16 s here
 
 
+@runtime_checkable
+class Rebuildable(Indexer, Protocol):
+    """An indexer whose state can be rebuilt beside it and taken over in place (compaction
+    rebuilds the state from the new log off the event loop), and saved in a checkpoint."""
+
+    def fork(self, session: ChainSession) -> Rebuildable:
+        """A new, empty indexer of the same kind that reads through ``session``."""
+
+    def adopt(self, other: Rebuildable) -> None:
+        """Take the state of ``other`` (a fork) in place: references to this indexer's state
+        held elsewhere (the file-system service's view) stay valid."""
+
+    def export_state(self) -> bytes | None:
+        """The state as bytes for a checkpoint, or None when it cannot be saved."""
+
+    def import_state(self, blob: bytes | memoryview) -> None:
+        """Load ``export_state``'s bytes into this (empty) indexer; ValueError when unusable."""
+
+
 class ChainSession:
     def __init__(
         self,
@@ -161,14 +193,13 @@ class ChainSession:
         self._read_key = read_key
         self._read_key_hash = key_hash(read_key) if read_key is not None else b""
         self.index = ChainIndex(chain_id=header.chain_id, root_write=header.root_write)
-        self._keys = _ChainKeyWatcher()
         self._seal_key = seal_key(read_key) if read_key is not None else None
         authenticators: list[Authenticator] = [SignatureValidator(crypto.verify)]
         if self._seal_key is not None and header.root_key_hash is not None:
             authenticators.append(LocalSealAuthenticator(self._seal_key, header.root_key_hash))
         self.pipeline = Pipeline(
             validators=[AuthorizationValidator(authenticators)],
-            indexers=[self._keys, *indexers],
+            indexers=list(indexers),
         )
         self._unwrapped: dict[bytes, bytes] = {}
         self._signing: tuple[bytes, bytes] | None = None  # (public key hash, secret key)
@@ -177,6 +208,13 @@ class ChainSession:
         self.pending_bytes = 0
         self._closed = False
         self._tx_head = b""
+        self._tx_start = -1
+        #: position of the first record of the last committed transaction (-1: none yet)
+        self.last_tx_start = -1
+        #: where the replay at ``start`` began (None: from the first record)
+        self.replayed_from: int | None = None
+        #: follows a replay: ("scan", position reached, committed end)
+        self.progress: Callable[[str, int, int], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
@@ -248,33 +286,61 @@ class ChainSession:
         formats: Formats,
         indexers: Sequence[Indexer] = (),
         read_only: bool = False,
+        resume_at: int | None = None,
     ) -> ChainSession:
+        """Open an existing chain. ``resume_at``: a committed end known from a checkpoint, so
+        that the log checks only what follows it for a torn tail (see ``RedoLogFactory.open``)."""
         header = ChainHeader.decode(logs.read_header(chain))
         if header.name != chain:
             raise ChainMismatch(
                 f"this log belongs to chain {header.name!r}, not {chain!r}"
                 f" (chain id {header.chain_id.hex()})"
             )
-        read_key = cls._check_passcode(header, passcode, crypto)
-        log = logs.open(chain, read_only=read_only)
+        read_key = cls.check_passcode(header, passcode, crypto)
+        log = logs.open(chain, read_only=read_only, resume_at=resume_at)
         return cls(log, header, crypto, clock, read_key, formats, indexers)
 
-    def start(self) -> int:
+    def start(self, restore: Callable[[ChainSession], int | None] | None = None) -> int:
         """Replay the log through the pipeline (validating it) and load the signing key;
-        returns the number of transactions replayed."""
+        returns the number of transactions replayed.
+
+        ``restore`` may load the state from a checkpoint and return the log position it
+        corresponds to: then only the records after it are replayed. If that replay fails, the
+        state is reset and the whole log is replayed (the log is the truth, never the
+        checkpoint)."""
         try:
-            count = self.replay()
+            start = restore(self) if restore is not None else None
+            try:
+                with no_gc():
+                    count = self.replay(start)
+            except ChainIntegrityError as exc:
+                if start is None:
+                    raise
+                _log.debug("replay after the checkpoint failed (%s): replaying the whole log", exc)
+                self.reset()
+                with no_gc():
+                    count = self.replay()
             if self._read_key is not None:
-                self._load_signing_key()
+                self.load_signing_key()
         except BaseException:
             self.log.close()
             raise
         return count
 
+    def reset(self) -> None:
+        """Forget the replayed state (index and indexers) in place."""
+        self.index.adopt(
+            ChainIndex(chain_id=self.header.chain_id, root_write=self.header.root_write)
+        )
+        for ix in self.pipeline.indexers:
+            if not isinstance(ix, Rebuildable):
+                raise SessionError(f"{type(ix).__name__} cannot be reset")
+            ix.adopt(ix.fork(self))
+        self.last_tx_start = -1
+        self.replayed_from = None
+
     @staticmethod
-    def _check_passcode(
-        header: ChainHeader, passcode: bytes | None, crypto: Crypto
-    ) -> bytes | None:
+    def check_passcode(header: ChainHeader, passcode: bytes | None, crypto: Crypto) -> bytes | None:
         if not header.encrypted:
             if passcode is not None:
                 raise SessionError(
@@ -296,13 +362,19 @@ class ChainSession:
             ) from None
         return read_key
 
-    def _load_signing_key(self) -> None:
-        found = self._keys.latest
-        if found is None or self.header.root_key_hash is None:
+    def load_signing_key(self) -> None:
+        """Unseal the chain's signing key from its key object (after a replay)."""
+        info = self.index.objects.get(CHAIN_KEY_OBJECT)
+        if info is None or info.type_name != TYPE_CHAIN_KEY or self.header.root_key_hash is None:
             raise ChainIntegrityError("the chain's signing key is missing from the log")
-        conf = found.header.find(Confidentiality)
-        ref = found.locator
-        if not isinstance(conf, Confidentiality) or not isinstance(ref, DataRef):
+        try:
+            rec = self.log.read_record(info.position)
+        except LogError as exc:
+            raise ChainIntegrityError(f"the chain's signing key is unreadable: {exc}") from None
+        hdr = self._parse(rec)
+        conf = hdr.find(Confidentiality)
+        ref = rec.data
+        if hdr.key != CHAIN_KEY_OBJECT or not isinstance(conf, Confidentiality) or ref is None:
             raise ChainIntegrityError("the chain's signing key is not sealed")
         try:
             secret = self.crypto.open(
@@ -324,15 +396,29 @@ class ChainSession:
         self.log.close()
 
     # -- replay --------------------------------------------------------------------------------
-    def transactions(self) -> Iterator[Transaction]:
+    def transactions(self, start: int | None = None) -> Iterator[Transaction]:
+        """Committed transactions from ``start`` (the position of a transaction's first
+        record; default the start of the log). ``last_tx_start`` follows them."""
         events: list[Located] = []
-        for rec in self.log.scan():
+        first = -1
+        progress, end = self.progress, self.log.committed_end
+        for n, rec in enumerate(self.log.scan(start)):
+            if progress is not None and not n & 4095:
+                progress("scan", rec.position, end)
             hdr = self._parse(rec)
+            if first < 0:
+                first = rec.position
             if rec.commit:
+                self.last_tx_start = first
+                first = -1
                 yield Transaction(events=tuple(events), seal=hdr)
                 events = []
             else:
-                events.append(Located(hdr, rec.data))
+                events.append(Located(hdr, rec.data, position=rec.position))
+
+    def parse(self, rec: ScannedRecord) -> EventHeader:
+        """The event (or seal) of a record; ``ChainIntegrityError`` when it is malformed."""
+        return self._parse(rec)
 
     def _parse(self, rec: ScannedRecord) -> EventHeader:
         data_hash = rec.data.data_hash if rec.data is not None else h(b"")
@@ -341,10 +427,12 @@ class ChainSession:
         except DomainError as exc:
             raise ChainIntegrityError(f"record at offset {rec.position}: {exc}") from None
 
-    def replay(self) -> int:
+    def replay(self, start: int | None = None) -> int:
+        """Validate and apply the committed transactions from ``start`` (default: all)."""
         count = 0
+        self.replayed_from = start
         try:
-            for tx in self.transactions():
+            for tx in self.transactions(start):
                 self.pipeline.accept(self.index, tx)
                 count += 1
         except DomainError as exc:
@@ -394,6 +482,18 @@ class ChainSession:
             raw = self.log.read_data(ref)
         except LogError as exc:
             raise ChainIntegrityError(str(exc)) from None
+        return self._open_sealed(raw, ref.offset, meta_hash, okey)
+
+    def open_payload(self, hdr: EventHeader, raw: bytes, offset: int = -1) -> bytes:
+        """The plaintext of an event's data given its bytes as stored (``ChainIntegrityError``
+        when they do not authenticate)."""
+        conf = hdr.find(Confidentiality)
+        okey = self.object_key(conf) if isinstance(conf, Confidentiality) else None
+        return self._open_sealed(raw, offset, hdr.meta_hash, okey)
+
+    def _open_sealed(
+        self, raw: bytes, offset: int, meta_hash: bytes, okey: ObjectKey | None
+    ) -> bytes:
         if okey is None:
             if self._read_key is not None:
                 raise ChainIntegrityError("unencrypted data in an encrypted chain")
@@ -402,7 +502,7 @@ class ChainSession:
             return self.crypto.open(okey.key, raw, self.header.chain_id + meta_hash)
         except CryptoError:
             raise ChainIntegrityError(
-                f"data at offset {ref.offset} fails authentication (altered or misplaced)"
+                f"data at offset {offset} fails authentication (altered or misplaced)"
             ) from None
 
     # -- writing -------------------------------------------------------------------------------
@@ -467,16 +567,17 @@ class ChainSession:
             data_hash=h(data) if data else EMPTY_HASH,
             fmt=self.formats.meta,
         )
-        _, ref = self.log.append(
+        pos, ref = self.log.append(
             LogRecord(hdr.meta_bytes, int(self.formats.meta), data, False, hdr.data_hash)
         )
         if not self._pending:
             self._tx_head = self.index.head
+            self._tx_start = pos
         self._pending.append(hdr.hash)
         if self.pending_since is None:
             self.pending_since = self.clock.monotonic()
         self.pending_bytes += len(data) if data else 0
-        located = Located(hdr, ref, payload, decoded)
+        located = Located(hdr, ref, payload, decoded, pos)
         self.pipeline.apply(self.index, [located])
         return located
 
@@ -498,14 +599,16 @@ class ChainSession:
         elif self._seal_key is not None:
             meta.insert(0, LocalSeal(local_mac(self._seal_key, self._tx_head, digest)))
         self._append_seal(meta)
+        self.last_tx_start = self._tx_start
         self._pending = []
         self.pending_since = None
         self.pending_bytes = 0
         return True
 
-    def _append_seal(self, meta: list[Meta]) -> None:
+    def _append_seal(self, meta: list[Meta]) -> int:
         hdr = make_header(meta, self.formats.meta, None)
-        self.log.append(LogRecord(hdr.meta_bytes, int(self.formats.meta), None, True))
+        pos, _ = self.log.append(LogRecord(hdr.meta_bytes, int(self.formats.meta), None, True))
+        return pos
 
     @property
     def unattested(self) -> bool:
@@ -519,7 +622,7 @@ class ChainSession:
             return False
         pk_hash, secret = self._signing
         head = self.index.head
-        self._append_seal(
+        self.last_tx_start = self._append_seal(
             [
                 Signature(pk_hash, head, self.crypto.sign(secret, head)),
                 Timestamp(self.clock.now_ms()),
@@ -533,13 +636,50 @@ class ChainSession:
         self.commit()
         self.log.sync()
 
+    # -- rebuilding (compaction, repair, checkpoints) ------------------------------------------
+    def shadow(self, log: RedoLog) -> ChainSession:
+        """A session over ``log`` (a log being rewritten) with the same keys and empty forks of
+        this session's indexers: it validates and materialises what is written to ``log``,
+        apart from this one, until ``adopt`` takes its state over."""
+        twin = ChainSession(log, self.header, self.crypto, self.clock, self._read_key, self.formats)
+        twin._unwrapped = self._unwrapped  # object keys unwrapped once serve both
+        twin._signing = self._signing
+        for ix in self.pipeline.indexers:
+            if not isinstance(ix, Rebuildable):
+                raise SessionError(
+                    f"the indexer {type(ix).__name__} cannot be rebuilt: compaction is disabled"
+                )
+            twin.pipeline.indexers.append(ix.fork(twin))
+        return twin
 
-class _ChainKeyWatcher:
-    """Remembers the newest event of the chain's signing-key object during replay."""
+    def adopt(self, twin: ChainSession) -> None:
+        """Take the state ``twin`` (from ``shadow``) built, in place, and its log."""
+        if self._pending:
+            raise SessionError("cannot switch logs with a transaction pending")
+        self.index.adopt(twin.index)
+        for mine, theirs in zip(self.pipeline.indexers, twin.pipeline.indexers, strict=True):
+            assert isinstance(mine, Rebuildable) and isinstance(theirs, Rebuildable)
+            mine.adopt(theirs)
+        self.log = twin.log
+        self.last_tx_start = twin.last_tx_start
 
-    def __init__(self) -> None:
-        self.latest: Located | None = None
+    def accept(self, tx: Transaction) -> None:
+        """Validate and apply one transaction (read from elsewhere than this session's log)."""
+        try:
+            self.pipeline.accept(self.index, tx)
+        except DomainError as exc:
+            raise ChainIntegrityError(f"a rewritten transaction fails validation: {exc}") from None
 
-    def on_event(self, index: ChainIndex, ev: Located, change: tuple[str, int] | None) -> None:
-        if change == ("put", CHAIN_KEY_OBJECT):
-            self.latest = ev
+    def seal_meta(self, tx_head: bytes, event_hashes: Sequence[bytes]) -> list[Meta]:
+        """The metadata of a local seal over a transaction of ``event_hashes`` that follows
+        ``tx_head`` (just a timestamp in a chain without keys)."""
+        meta: list[Meta] = [Timestamp(self.clock.now_ms())]
+        if self._seal_key is not None:
+            digest = transaction_digest(self.header.chain_id, event_hashes)
+            meta.insert(0, LocalSeal(local_mac(self._seal_key, tx_head, digest)))
+        return meta
+
+    @property
+    def checkpoint_key(self) -> bytes | None:
+        """The key that seals this chain's checkpoints (None for a chain without keys)."""
+        return checkpoint_key(self._read_key) if self._read_key is not None else None

@@ -1,7 +1,7 @@
 """The chain's state as a fold of events, and the validation pipeline that guards it.
 
 ``ChainIndex`` is the generic materialised view every chain has: which objects exist, where their
-newest event lies (an opaque locator that the log adapter understands), their parent links,
+newest event lies (the position of its record in the log), their parent links,
 authorisations and the public keys seen. Domain-specific views (the file tree) plug in as
 ``Indexer``s and see each accepted event after it is applied.
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import msgspec
 
 from domain.errors import BadSignature, MalformedEvent, TransactionRejected, Unauthorised
 from domain.events import (
@@ -47,14 +49,17 @@ from domain.hashing import (
 Verifier = Callable[[bytes, bytes, bytes], bool]
 
 
-@dataclass(slots=True)
-class ObjectInfo:
+class ObjectInfo(msgspec.Struct, array_like=True, gc=False):
+    """What the index knows of one live object. (A msgspec struct: compact, created at C speed
+    when a checkpoint is loaded, and never walked by the cyclic collector - it holds no cycles.)"""
+
     key: int
     parent: int | None
     collection: int
     auth: Authorization | None
     type_name: str | None
-    locator: Any
+    #: offset of the record of the object's newest event in the log (-1: not known)
+    position: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,8 @@ class Located:
     plaintext: bytes | None = None
     #: the decoded plaintext, when the writer has it (spares indexers a decode)
     decoded: Any = None
+    #: offset of the event's record in the log (-1: not known); compaction copies by it
+    position: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +119,17 @@ class ChainIndex:
                 raise MalformedEvent("parent links form a cycle")
         return self.root_write
 
+    def adopt(self, other: ChainIndex) -> None:
+        """Take ``other``'s whole state in place, so that references to this index stay valid
+        (a compacted log's index replaces the old one; a checkpoint's is loaded)."""
+        self.chain_id = other.chain_id
+        self.root_write = other.root_write
+        self.objects = other.objects
+        self.children = other.children
+        self.public_keys = other.public_keys
+        self.head = other.head
+        self.attested = other.attested
+
     # -- fold ----------------------------------------------------------------------------------
     def apply(self, ev: Located) -> tuple[str, int] | None:
         """Apply one accepted event; returns ('put'|'delete', key) or None for key-less events."""
@@ -127,7 +145,7 @@ class ChainIndex:
         dk = hdr.find(DataKey)
         if dk is None:
             return None
-        info = _info_from(hdr, dk.key, ev.locator, self.objects.get(dk.key))
+        info = _info_from(hdr, dk.key, self.objects.get(dk.key), ev.position)
         old = self.objects.get(dk.key)
         if old is not None and old.parent != info.parent and old.parent is not None:
             self.children.get(old.parent, set()).discard(dk.key)
@@ -150,7 +168,9 @@ class ChainIndex:
             stack.extend(self.children.pop(k, ()))
 
 
-def _info_from(hdr: EventHeader, key: int, locator: Any, old: ObjectInfo | None) -> ObjectInfo:
+def _info_from(
+    hdr: EventHeader, key: int, old: ObjectInfo | None, position: int = -1
+) -> ObjectInfo:
     parent = hdr.find(Parent)
     auth = hdr.find(Authorization)
     typ = hdr.find(Type)
@@ -164,7 +184,7 @@ def _info_from(hdr: EventHeader, key: int, locator: Any, old: ObjectInfo | None)
         collection=coll,
         auth=auth if auth is not None else (old.auth if old is not None else None),
         type_name=typ.name if typ is not None else (old.type_name if old else None),
-        locator=locator,
+        position=position,
     )
 
 
@@ -300,7 +320,7 @@ class AuthorizationValidator:
                     require(index.effective_write(parent.parent, overlay), key)
             else:
                 require(index.effective_write(parent.parent if parent else None, overlay), key)
-            info = _info_from(hdr, key, None, existing)
+            info = _info_from(hdr, key, existing)
             overlay[key] = info
             if info.parent is not None:
                 born.setdefault(info.parent, set()).add(key)

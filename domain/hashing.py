@@ -75,3 +75,8 @@ def seal_key(read_key: bytes) -> bytes:
 def local_mac(key: bytes, head: bytes, digest: bytes) -> bytes:
     """The local seal of a transaction whose events follow ``head``."""
     return hmac.digest(key, b"wasmer-dfs/local-seal\0" + head + digest, "sha256")
+
+
+def checkpoint_key(read_key: bytes) -> bytes:
+    """The key that seals a chain's checkpoints, derived from (never equal to) the read key."""
+    return hmac.digest(read_key, b"wasmer-dfs/checkpoint-key/v1", "sha256")

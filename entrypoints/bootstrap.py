@@ -11,7 +11,9 @@ from adapters.clock import SystemClock
 from adapters.crypto import PqCrypto
 from adapters.redolog import FileRedoLogFactory
 from adapters.system import disk_space
+from application.compaction import Hook
 from application.mount import MountService
+from application.repair import Repairer
 
 
 class Container(containers.DeclarativeContainer):
@@ -22,11 +24,17 @@ class Container(containers.DeclarativeContainer):
     log_dir = providers.Callable(Path, config.log_path)
     logs = providers.Singleton(FileRedoLogFactory, log_dir)
     space = providers.Callable(functools.partial, disk_space, log_dir)
-    mounts = providers.Factory(MountService, logs=logs, crypto=crypto, clock=clock, space=space)
+    hook: providers.Object[Hook | None] = providers.Object(None)
+    mounts = providers.Factory(
+        MountService, logs=logs, crypto=crypto, clock=clock, space=space, hook=hook
+    )
+    repairer = providers.Factory(Repairer, logs=logs, crypto=crypto, clock=clock, hook=hook)
 
 
-def bootstrap(log_path: Path) -> Container:
+def bootstrap(log_path: Path, hook: Hook | None = None) -> Container:
+    """``hook`` observes every step of compaction and repair (tests inject crashes with it)."""
     container = Container()
     container.config.from_dict({"log_path": str(log_path)})
+    container.hook.override(providers.Object(hook))
     container.check_dependencies()
     return container

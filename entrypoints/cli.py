@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import gc
 import logging
 import os
 import shutil
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
-from application.mount import MountRequest
+from application.compaction import CompactionError, Hook
+from application.mount import Mounted, MountRequest
+from application.ports import LogError
+from application.repair import Repairer
 from application.session import Formats, SessionError
+from domain.compaction import CompactMode as CompactPolicyMode
+from domain.compaction import CompactPolicy
 from domain.formats import Format
+from domain.fs.model import IdMap
 
 VERSION = "wasmer-dfs 1.3 (python 0.1.0)"
 PASSCODE_ENV = "WASMER_DFS_PASSCODE"
+CRASH_ENV = "WASMER_DFS_COMPACT_CRASH_AT"
+PAUSE_ENV = "WASMER_DFS_COMPACT_PAUSE_AT"
 DEFAULT_LOG_PATH = Path("~/wasmer/fs")
 LOCAL_CHAIN = "local"
 
@@ -155,6 +167,57 @@ def _split_positionals(remote: str | None, log_path: Path | None) -> tuple[str |
     return remote, log_path
 
 
+def _compact_policy(mode: CompactMode, factor: float, size: int, timer: int) -> CompactPolicy:
+    if factor < 0:
+        fail("--compact-threshold-factor must not be negative", 2)
+    if size < 0:
+        fail("--compact-threshold-size must not be negative", 2)
+    if timer < 0:
+        fail("--compact-timer must not be negative", 2)
+    return CompactPolicy(CompactPolicyMode(mode.value), factor, size, float(timer))
+
+
+def fault_hook() -> Hook | None:
+    """Fault injection for the crash tests, from the environment (never set in normal use):
+    ``WASMER_DFS_COMPACT_CRASH_AT=step[:n]`` kills the process (SIGKILL) at that step of a
+    compaction or repair (at its n-th record for ``copy``); ``WASMER_DFS_COMPACT_PAUSE_AT=
+    step:seconds`` sleeps there."""
+    crash = os.environ.get(CRASH_ENV, "")
+    pause = os.environ.get(PAUSE_ENV, "")
+    if not crash and not pause:
+        return None
+    crash_step, _, crash_n = crash.partition(":")
+    pause_step, _, pause_s = pause.partition(":")
+
+    def hook(step: str, n: int) -> None:
+        if step == pause_step:
+            time.sleep(float(pause_s or 1))
+        if step == crash_step and (not crash_n or n >= int(crash_n)):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def _compact_now(mounted: Mounted) -> None:
+    from entrypoints.progress import ProgressBar
+
+    assert mounted.compactor is not None
+    with ProgressBar("compacting") as bar:
+        mounted.compactor.progress = bar
+        try:
+            r = mounted.compactor.compact()
+        except (SessionError, LogError, CompactionError) as exc:
+            mounted.close()
+            fail(f"compaction failed (the log is unchanged): {exc}", 3)
+        finally:
+            mounted.compactor.progress = lambda phase, done, total: None
+    typer.echo(
+        f"wasmer-dfs: compacted the log from {r.before} to {r.after} bytes"
+        f" ({r.kept} of {r.events} events kept) in {r.seconds:.2f} s",
+        err=True,
+    )
+
+
 @app.command()
 def mount(
     mount_path: Annotated[Path, typer.Argument(help="Path to directory that the file system will be mounted at")],
@@ -163,7 +226,7 @@ def mount(
     allow_other: Annotated[bool, typer.Option("--allow-other", help="Allow other users on the machine to have access to this file system")] = False,
     allow_root: Annotated[bool, typer.Option("--allow-root", help="Allow the root user to have access to this file system")] = False,
     compact_now: Annotated[bool, typer.Option("--compact-now", help="Forces the compaction of the local redo-log before it streams in the latest values")] = False,
-    impersonate_uid: Annotated[bool, typer.Option("--impersonate-uid", "-i", help="For files the authenticated user owns, show the local machine ids instead of the global ones")] = False,
+    impersonate_uid: Annotated[bool, typer.Option("--impersonate-uid", "-i", help="For files and directories the authenticated user owns, show the local machine ids instead of the global ones (without users: the global ids are the owner of the root directory)")] = False,
     non_empty: Annotated[bool, typer.Option("--non-empty", help="Allow fuse filesystem mount on a non-empty directory, default is not allowed")] = False,
     read_only: Annotated[bool, typer.Option("--read-only", "-r", help="Mount the file system in readonly mode (`ro` mount option)")] = False,
     temp: Annotated[bool, typer.Option("--temp", help="Local redo log file will be deleted when the file system is unmounted")] = False,
@@ -174,27 +237,26 @@ def mount(
     compact_timer: Annotated[int, typer.Option("--compact-timer", help="Time in seconds between compactions of the log file")] = 3600,
     configured_for: Annotated[ConfiguredFor, typer.Option("--configured-for", help="Configure the log file for raw, barebone, speed, compatibility, balanced or security")] = ConfiguredFor.speed,
     data_format: Annotated[FormatName, typer.Option("--data-format", help="Format of the data in the log file")] = FormatName.bincode,
-    gid: Annotated[int | None, typer.Option("--gid", "-g", help="GID of the group that this file system will be mounted as")] = None,
+    gid: Annotated[int | None, typer.Option("--gid", "-g", help="GID of the group that this file system will be mounted as: every file appears owned by this group (like sshfs -o gid=)")] = None,
     meta_format: Annotated[FormatName, typer.Option("--meta-format", help="Format of the metadata in the log file")] = FormatName.bincode,
     passcode: Annotated[str | None, typer.Option("--passcode", "-p", help=f"Passcode that encrypts this file system (also ${PASSCODE_ENV}, or a prompt)")] = None,
     recovery_mode: Annotated[RecoveryMode, typer.Option("--recovery-mode", help="How the file-system reacts while nominal and while recovering from a communication failure")] = RecoveryMode.readonly_async,
-    uid: Annotated[int | None, typer.Option("--uid", "-u", help="UID of the user that this file system will be mounted as")] = None,
+    uid: Annotated[int | None, typer.Option("--uid", "-u", help="UID of the user that this file system will be mounted as: every file appears owned by this user (like sshfs -o uid=)")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", "-n", help="Same as the global --no-auth: an UNENCRYPTED file system")] = False,
 ) -> None:  # fmt: skip
     """Mounts a local or remote file system (runs until unmounted, SIGINT or SIGTERM)."""
-    from adapters.fuse_runner import fuse_options, run
+    from adapters.fuse_runner import PrefixDamaged, fuse_options, run
     from application.ports import LogError
     from entrypoints.bootstrap import bootstrap
 
     remote, log_path = _split_positionals(remote, log_path)
     if remote is not None:
         not_yet("mounting a remote chain", "chain server and live replication")
-    if compact_now or compact_mode != CompactMode.factor_or_timer:
-        logging.getLogger("wasmer_dfs").warning(
-            "compaction is not implemented yet: --compact-* options have no effect"
-        )
-    if impersonate_uid:
-        not_yet("--impersonate-uid", "users and groups")
+    policy = _compact_policy(
+        compact_mode, compact_threshold_factor, compact_threshold_size, compact_timer
+    )
+    if compact_now and read_only:
+        fail("--compact-now rewrites the log: it cannot be combined with --read-only", 2)
     mnt = mount_path.expanduser()
     if not mnt.is_dir():
         fail(f"mount path {mnt} is not a directory", 2)
@@ -203,7 +265,7 @@ def mount(
     if not non_empty and any(mnt.iterdir()):
         fail(f"mount path {mnt} is not empty (use --non-empty to mount over it)", 2)
     logs_dir = (log_path or DEFAULT_LOG_PATH).expanduser().resolve()
-    container = bootstrap(logs_dir)
+    container = bootstrap(logs_dir, fault_hook())
     mounts = container.mounts()
     creating = not mounts.logs.exists(LOCAL_CHAIN)
     secret = None if (no_auth or G.no_auth) else _passcode(passcode, creating)
@@ -214,15 +276,40 @@ def mount(
         uid=uid if uid is not None else os.getuid(),
         gid=gid if gid is not None else os.getgid(),
         read_only=read_only,
+        compaction=policy,
     )
     try:
         mounted = mounts.open(request)
     except (SessionError, LogError) as exc:
         fail(str(exc), 3)
     if mounted.cut_bytes:
+        cut_from = mounted.session.log.open_report.cut_from
         logging.getLogger("wasmer_dfs").warning(
-            "the log ended in a torn transaction: %d bytes cut", mounted.cut_bytes
+            "the log ended in a torn transaction (writes that were never made durable):"
+            " %d bytes cut, offsets %d to %d",
+            mounted.cut_bytes,
+            cut_from,
+            cut_from + mounted.cut_bytes,
         )
+    if mounted.from_checkpoint:
+        logging.getLogger("wasmer_dfs").info(
+            "state loaded from the checkpoint; %d transactions replayed after it",
+            mounted.transactions,
+        )
+    else:
+        logging.getLogger("wasmer_dfs").info("%d transactions replayed", mounted.transactions)
+    if compact_now and mounted.compactor is not None:
+        _compact_now(mounted)
+        mounted.unchecked_until = None  # the compaction read every record of the old log
+    # The index and the tree are long-lived and hold no cycles: keep the cyclic collector from
+    # walking them again and again while the file system serves.
+    gc.collect()
+    gc.freeze()
+    # --uid/--gid: every file appears owned by them (as sshfs -o uid=,gid=); --impersonate-uid:
+    # files of the file system's owner (global ids) appear as the mounting user's local ids.
+    id_map = IdMap(uid=uid, gid=gid, local=(os.getuid(), os.getgid()) if impersonate_uid else None)
+    if id_map.active:
+        mounted.fs.id_map = id_map
     options = fuse_options(
         allow_other=allow_other, allow_root=allow_root, read_only=read_only, fsname=str(logs_dir)
     )
@@ -239,7 +326,15 @@ def mount(
             writeback=write_back,
             read_only=read_only,
             on_mounted=ready,
+            compactor=mounted.compactor if policy.mode is not CompactPolicyMode.NEVER else None,
+            unchecked_until=mounted.unchecked_until,
         )
+    except PrefixDamaged as exc:
+        mounted.save_checkpoint = False  # the next open reads the whole log, and refuses it
+        mounted.close()
+        with contextlib.suppress(OSError, LogError):
+            mounts.logs.remove_checkpoint(LOCAL_CHAIN)
+        fail(f"the mount was stopped: {exc}", 3)
     except RuntimeError as exc:
         fail(f"cannot mount at {mnt}: {exc}", 4)
     finally:
@@ -253,31 +348,36 @@ def mount(
 def verify(
     log_path: Annotated[Path, typer.Argument(help="Directory of the local redo log (e.g. ~/wasmer/fs)")],
     passcode: Annotated[str | None, typer.Option("--passcode", "-p", help=f"Passcode of the chain (also ${PASSCODE_ENV}, or a prompt)")] = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Salvage every intact object into a new log (not yet)")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Salvage every intact object of a damaged log into a new log (the damaged one is kept as local.log.damaged-TIME), say what was lost, then verify the new log")] = False,
     no_auth: Annotated[bool, typer.Option("--no-auth", "-n", help="The chain is unencrypted (--no-auth)")] = False,
 ) -> None:  # fmt: skip
     """Checks a redo log end to end (checksums, seals, signatures, every page, the file tree)
-    without changing it."""
+    without changing it; with --repair, salvages a damaged log first."""
     from application.fsck import verify as verify_chain
-    from application.ports import LogError
     from entrypoints.bootstrap import bootstrap
+    from entrypoints.progress import ProgressBar
 
-    if repair:
-        not_yet("verify --repair", "compaction and a crash-safe redo log")
     logs_dir = log_path.expanduser().resolve()
-    mounts = bootstrap(logs_dir).mounts()
+    container = bootstrap(logs_dir, fault_hook())
+    mounts = container.mounts()
     if not mounts.logs.exists(LOCAL_CHAIN):
         fail(f"there is no redo log in {logs_dir}", 2)
     secret = None if (no_auth or G.no_auth) else _passcode(passcode, False)
-    request = MountRequest(LOCAL_CHAIN, secret, Formats(), os.getuid(), os.getgid(), read_only=True)
-    try:
-        mounted = mounts.open(request)
-    except (SessionError, LogError) as exc:
-        fail(f"verification failed: {exc}", 3)
-    try:
-        report = verify_chain(mounted.fs, mounted.transactions)
-    finally:
-        mounted.close()
+    if repair:
+        _repair(container.repairer(), secret)
+    request = MountRequest(
+        LOCAL_CHAIN, secret, Formats(), os.getuid(), os.getgid(), read_only=True,
+        use_checkpoint=False,
+    )  # fmt: skip
+    with ProgressBar("verifying") as bar:
+        try:
+            mounted = mounts.open(request, progress=bar)
+        except (SessionError, LogError) as exc:
+            fail(f"verification failed: {exc}", 3)
+        try:
+            report = verify_chain(mounted.fs, mounted.transactions, progress=bar)
+        finally:
+            mounted.close()
     typer.echo(
         f"{logs_dir}: {report.transactions} transactions, {report.objects} objects,"
         f" {report.inodes} inodes, {report.pages} pages, {report.log_bytes} bytes"
@@ -294,6 +394,44 @@ def verify(
     if not report.ok:
         fail(f"{len(report.problems)} problems found", 1)
     typer.echo("ok")
+
+
+def _repair(repairer: Repairer, secret: bytes | None) -> None:
+    from entrypoints.progress import ProgressBar
+
+    with ProgressBar("repairing") as bar:
+        repairer.progress = bar
+        try:
+            r = repairer.repair(LOCAL_CHAIN, secret, Formats())
+        except (SessionError, LogError) as exc:
+            fail(f"repair failed (nothing was changed): {exc}", 3)
+    damaged = sum(end - start for start, end in r.damaged)
+    typer.echo(f"repair: read {r.records} intact records of a {r.log_bytes}-byte log")
+    if r.damaged:
+        spans = ", ".join(f"{a}-{b}" for a, b in r.damaged[:8])
+        more = f" and {len(r.damaged) - 8} more" if len(r.damaged) > 8 else ""
+        typer.echo(f"repair: {damaged} damaged bytes in {len(r.damaged)} places ({spans}{more})")
+    if r.dropped_transactions:
+        typer.echo(
+            f"repair: dropped {r.dropped_transactions} transactions ({r.dropped_events} events)"
+            " that the damage touched or that were never finished; what they changed keeps"
+            " its previous version"
+        )
+    if r.bad_versions:
+        typer.echo(f"repair: {r.bad_versions} versions of objects failed their checks")
+    for line in r.lost:
+        typer.echo(f"lost: {line}")
+    for line in r.older:
+        typer.echo(f"older: {line}")
+    for line in r.saved:
+        typer.echo(f"saved: {line}")
+    for line in r.problems:
+        typer.echo(f"problem after repair: {line}", err=True)
+    typer.echo(
+        f"repair: salvaged {r.objects} objects into a new log of {r.new_bytes} bytes;"
+        f" the damaged log is kept as {r.kept_as}"
+        + ("" if r.lost else "; nothing was lost that could be read")
+    )
 
 
 # --- commands later issues build ----------------------------------------------------------------
@@ -359,6 +497,11 @@ def bench(ctx: typer.Context) -> None:
     except ImportError:
         fail("the benchmark suite (bench/) is not installed with this copy", 2)
     raise typer.Exit(bench_main(list(ctx.args)))
+
+
+from entrypoints.serve import serve as serve_command  # noqa: E402
+
+app.command("serve")(serve_command)
 
 
 def main() -> None:

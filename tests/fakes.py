@@ -145,3 +145,42 @@ def rewrite_meta(raw: bytearray, frame: Frame, meta: bytes) -> None:
         raise ValueError("rewrite_meta keeps every offset: the new meta must be as long")
     raw[frame.meta_offset : frame.meta_offset + len(meta)] = meta
     fix_crc(raw, frame.position)
+
+
+# --- state comparison (compaction, checkpoints) --------------------------------------------------
+def _normal(value: object) -> object:
+    """Locators replaced by the hashes they name (positions change when a log is rewritten;
+    the bytes they point at must not)."""
+    from application.ports import DataRef
+
+    if isinstance(value, DataRef):
+        return ("data", value.data_hash, value.length)
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_normal(v) for v in value)
+    return value
+
+
+def chain_state(session: object, view: object) -> dict[str, object]:
+    """Everything a replay materialises, independent of where records lie in the log: the chain
+    index's objects (without positions), its public keys, and every field of the view (page
+    locators as the hashes of the data they name)."""
+    import dataclasses
+
+    index = session.index  # type: ignore[attr-defined]
+    objects = {k: (o.parent, o.collection, o.auth, o.type_name) for k, o in index.objects.items()}
+    children = {k: frozenset(v) for k, v in index.children.items() if v}
+    out: dict[str, object] = {
+        "objects": objects,
+        "children": children,
+        "public_keys": dict(index.public_keys),
+    }
+    for f in dataclasses.fields(view):  # type: ignore[arg-type]
+        value = _normal(getattr(view, f.name))
+        if isinstance(value, dict):
+            # a count that went back to 0, a page table emptied by a truncation: a replay of
+            # another history (a compacted log) does not leave these behind; they mean nothing
+            value = {k: v for k, v in value.items() if v or v is None or f.name == "dirs"}
+        out[f"view.{f.name}"] = value
+    return out

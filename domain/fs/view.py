@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from domain.fs.model import DentryData, InodeData
+from domain.fs.model import ROOT_INO, DentryData, InodeData
 
 
 @dataclass(slots=True)
@@ -33,6 +33,8 @@ class FsView:
     pages: dict[int, dict[int, Any]] = field(default_factory=dict)
     #: directory -> the directory that names it
     dir_parent: dict[int, int] = field(default_factory=dict)
+    #: inode -> extended attribute name -> value (only inodes that have any)
+    xattrs: dict[int, dict[bytes, bytes]] = field(default_factory=dict)
 
     # -- queries -------------------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> Entry | None:
@@ -42,6 +44,8 @@ class FsView:
     def nlink(self, ino: int) -> int:
         data = self.inodes.get(ino)
         if data is not None and data.is_dir:
+            if ino != ROOT_INO and ino not in self.links:
+                return 0  # removed, still in use
             return 2 + self.subdirs.get(ino, 0)
         return self.links.get(ino, 0)
 
@@ -65,6 +69,7 @@ class FsView:
         self.links.pop(key, None)
         self.subdirs.pop(key, None)
         self.dir_parent.pop(key, None)
+        self.xattrs.pop(key, None)
 
     def put_dentry(self, key: int, parent: int, data: DentryData) -> None:
         self.delete_dentry(key)
@@ -103,6 +108,12 @@ class FsView:
 
     def put_page(self, ino: int, index: int, locator: Any) -> None:
         self.pages.setdefault(ino, {})[index] = locator
+
+    def put_xattrs(self, ino: int, entries: dict[bytes, bytes]) -> None:
+        if entries:
+            self.xattrs[ino] = entries
+        else:
+            self.xattrs.pop(ino, None)
 
     def delete_page(self, ino: int, index: int) -> None:
         p = self.pages.get(ino)

@@ -21,6 +21,7 @@ from adapters.redolog import (
     encode_header,
 )
 from application.ports import (
+    DamagedSpan,
     DataRef,
     LogCorrupt,
     LogError,
@@ -520,6 +521,196 @@ class RedoLogContract:
             list(log.scan())
         log.close()
 
+    # -- ranges and single records (compaction, checkpoints) -----------------------------------
+    def test_scan_a_range_and_read_one_record(self, factory: RedoLogFactory) -> None:
+        layout, _ = self.build(factory)
+        log = factory.open(CHAIN, read_only=True)
+        assert log.committed_end == layout.tx_ends[-1]
+        second = [r.position for r in log.scan(layout.tx_start(1), layout.tx_ends[1])]
+        assert second == layout.positions[1]
+        assert [r.position for r in log.scan(layout.tx_start(2))] == layout.positions[2]
+        assert list(log.scan(log.committed_end)) == []
+        rec = log.read_record(layout.positions[1][0])
+        assert (rec.meta, rec.fmt, rec.commit) == (b"meta-2a", 2, False)
+        assert rec.data is not None and log.read_data(rec.data) == b"x" * 100
+        with pytest.raises(LogCorrupt):
+            log.read_record(layout.positions[1][0] + 1)  # not where a record starts
+        with pytest.raises(LogCorrupt):
+            log.read_record(log.committed_end)
+        log.close()
+
+    def test_scan_outside_the_committed_records_is_refused(self, factory: RedoLogFactory) -> None:
+        layout, _ = self.build(factory)
+        log = factory.open(CHAIN)
+        log.append(LogRecord(b"pending", 0, None, False))
+        with pytest.raises(LogError):
+            list(log.scan(None, log.size()))  # past the committed end
+        with pytest.raises(LogError):
+            list(log.scan(layout.header_end - 1))
+        with pytest.raises(LogError):
+            list(log.scan(layout.tx_start(2), layout.tx_start(1)))
+        log.close()
+
+    def test_resume_at_checks_only_what_follows(self, factory: RedoLogFactory) -> None:
+        layout, full = self.build(factory)
+        damaged = flip(full, layout.positions[0][0] + 5)  # damage before the resume point
+        log = self.reopen_with(factory, damaged, resume_at=layout.tx_ends[0])
+        assert log.committed_end == layout.tx_ends[-1]
+        # the records after it are readable; the prefix was not checked, a scan finds it
+        assert next(r.meta for r in log.scan(layout.tx_ends[0])) == b"meta-2a"
+        with pytest.raises(LogCorrupt, match="--repair"):
+            list(log.scan())
+        log.close()
+        with pytest.raises(LogCorrupt, match="--repair"):
+            factory.open(CHAIN)  # without the hint, open finds it
+
+    def test_resume_at_still_cuts_a_torn_tail_and_finds_damage_after_it(
+        self, factory: RedoLogFactory
+    ) -> None:
+        layout, full = self.build(factory)
+        torn = full[: layout.tx_ends[-1] - 3]
+        log = self.reopen_with(factory, torn, resume_at=layout.tx_ends[0])
+        assert log.open_report.cut_from == layout.tx_ends[1]
+        log.close()
+        damaged = flip(full, layout.positions[1][0] + 5)
+        with pytest.raises(LogCorrupt):
+            self.reopen_with(factory, damaged, resume_at=layout.tx_ends[0])
+
+    @pytest.mark.parametrize("where", ["inside a record", "beyond the end", "in the header"])
+    def test_a_wrong_resume_hint_is_ignored(self, factory: RedoLogFactory, where: str) -> None:
+        layout, full = self.build(factory)
+        hint = {
+            "inside a record": layout.positions[1][0] + 7,
+            "beyond the end": len(full) + 100,
+            "in the header": 3,
+        }[where]
+        log = self.reopen_with(factory, full, resume_at=hint)
+        assert replay(log) == expected([r for tx in TXS for r in tx])
+        log.close()
+
+    # -- rewriting: temporary logs, atomic replace ----------------------------------------------
+    def test_a_temporary_log_replaces_the_chains_log_atomically(
+        self, factory: RedoLogFactory
+    ) -> None:
+        self.build(factory)
+        old = factory.open(CHAIN)  # the writer
+        tmp = factory.create_temp(CHAIN, HEADER)
+        tmp.append(LogRecord(b"new", 9, b"new data", True))
+        # nothing refers to it yet
+        reader = factory.open(CHAIN, read_only=True)
+        assert len(replay(reader)) == 7
+        reader.close()
+        factory.replace(CHAIN, tmp)
+        # the old handle still reads the old records; the chain's log is the new one
+        assert len(replay(old)) == 7
+        old.close()
+        assert replay(tmp) == [(b"new", 9, b"new data", True)]
+        tmp.append(LogRecord(b"more", 9, None, True))  # and it is the writer now
+        with pytest.raises(LogError, match="already open for writing"):
+            factory.open(CHAIN)
+        reader = factory.open(CHAIN, read_only=True)
+        assert replay(reader) == [(b"new", 9, b"new data", True), (b"more", 9, None, True)]
+        reader.close()
+        tmp.sync()
+        tmp.close()
+        log = factory.open(CHAIN)
+        assert log.header == HEADER and log.open_report.cut_bytes == 0
+        assert len(replay(log)) == 2
+        log.close()
+
+    def test_a_discarded_temporary_log_leaves_nothing(self, factory: RedoLogFactory) -> None:
+        _, full = self.build(factory)
+        tmp = factory.create_temp(CHAIN, HEADER)
+        tmp.append(LogRecord(b"x", 0, b"x", True))
+        factory.discard(tmp)
+        with pytest.raises(LogError):
+            tmp.append(LogRecord(b"y", 0, None, True))
+        assert self.raw(factory, CHAIN) == full
+        with pytest.raises(LogError):
+            factory.replace(CHAIN, tmp)
+
+    def test_replace_takes_only_a_temporary_log_of_that_chain(
+        self, factory: RedoLogFactory
+    ) -> None:
+        self.build(factory)
+        other = factory.create("other", HEADER)
+        with pytest.raises(LogError):
+            factory.replace(CHAIN, other)
+        tmp = factory.create_temp("other", HEADER)
+        with pytest.raises(LogError):
+            factory.replace(CHAIN, tmp)
+        factory.discard(tmp)
+        other.close()
+
+    def test_preserve_keeps_a_copy_under_a_second_name(self, factory: RedoLogFactory) -> None:
+        _, full = self.build(factory)
+        name = factory.preserve(CHAIN, "damaged-20240101T000000Z")
+        assert name.endswith(f"{CHAIN}.log.damaged-20240101T000000Z")
+        with pytest.raises(LogExists):
+            factory.preserve(CHAIN, "damaged-20240101T000000Z")
+        tmp = factory.create_temp(CHAIN, HEADER)
+        factory.replace(CHAIN, tmp)
+        tmp.close()
+        assert self.raw(factory, CHAIN) != full
+        assert self.preserved(factory, name) == full
+
+    def preserved(self, factory: RedoLogFactory, name: str) -> bytes:
+        raise NotImplementedError
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def test_checkpoints_are_stored_replaced_and_removed(self, factory: RedoLogFactory) -> None:
+        self.build(factory)
+        assert factory.read_checkpoint(CHAIN) is None
+        factory.write_checkpoint(CHAIN, b"one")
+        factory.write_checkpoint(CHAIN, b"two" * 1000)
+        assert factory.read_checkpoint(CHAIN) == b"two" * 1000
+        factory.remove_checkpoint(CHAIN)
+        factory.remove_checkpoint(CHAIN)
+        assert factory.read_checkpoint(CHAIN) is None
+        factory.write_checkpoint(CHAIN, b"three")
+        factory.remove(CHAIN)  # removing the log removes its checkpoint
+        assert factory.read_checkpoint(CHAIN) is None
+
+    # -- damaged logs (repair) -------------------------------------------------------------------
+    def test_a_damaged_log_is_read_past_its_damage(self, factory: RedoLogFactory) -> None:
+        layout, full = self.build(factory)
+        at = layout.positions[1][1]
+        damaged = flip(full, at + 5)[: len(full) - 2]  # damage in the middle, a torn end
+        self.put_raw(factory, CHAIN, damaged)
+        dlog = factory.open_damaged(CHAIN)
+        assert dlog.header == HEADER and dlog.size() == len(damaged)
+        items = list(dlog.records())
+        spans = [i for i in items if isinstance(i, DamagedSpan)]
+        recs = [i for i in items if not isinstance(i, DamagedSpan)]
+        assert spans[0] == DamagedSpan(at, layout.positions[1][2])
+        assert spans[-1].end == len(damaged)  # the torn end
+        positions = [r.position for r in recs]
+        assert positions == [
+            *layout.positions[0],
+            layout.positions[1][0],
+            layout.positions[1][2],
+            layout.positions[2][0],
+        ]
+        rec = dlog.read_record(layout.positions[0][0])
+        assert rec.data is not None and dlog.read_data(rec.data) == b"data-1"
+        with pytest.raises(LogCorrupt):
+            dlog.read_record(at)
+        bad = DataRef(rec.data.offset, rec.data.length, h(b"something else"))
+        with pytest.raises(LogCorrupt):
+            dlog.read_data(bad)
+        dlog.close()
+        assert self.raw(factory, CHAIN) == damaged  # nothing changed
+
+    def test_a_damaged_log_is_not_read_for_repair_while_mounted(
+        self, factory: RedoLogFactory
+    ) -> None:
+        self.build(factory)
+        log = factory.open(CHAIN)
+        with pytest.raises(LogError, match="already open for writing"):
+            factory.open_damaged(CHAIN)
+        log.close()
+        factory.open_damaged(CHAIN).close()
+
 
 class TestFileRedoLog(RedoLogContract):
     @pytest.fixture
@@ -536,6 +727,44 @@ class TestFileRedoLog(RedoLogContract):
         with open(factory.path(chain), "r+b") as f:
             f.write(data)
             f.truncate(len(data))
+
+    def preserved(self, factory: RedoLogFactory, name: str) -> bytes:
+        return pathlib.Path(name).read_bytes()
+
+    def test_strays_of_an_interrupted_rewrite_are_removed_by_the_next_writer(
+        self, factory: FileRedoLogFactory
+    ) -> None:
+        self.build(factory)
+        tmp = factory.create_temp(CHAIN, HEADER)
+        tmp.append(LogRecord(b"x", 0, b"x", True))
+        stray = factory.directory / f".{CHAIN}.ckpt-abc.tmp"
+        stray.write_bytes(b"half a checkpoint")
+        tmp.close()  # the process died here: its files stay behind
+        names = {p.name for p in factory.directory.iterdir()}
+        assert len(names) == 3
+        factory.open(CHAIN, read_only=True).close()
+        assert {p.name for p in factory.directory.iterdir()} == names  # readers touch nothing
+        factory.open(CHAIN).close()
+        assert {p.name for p in factory.directory.iterdir()} == {f"{CHAIN}.log"}
+
+    def test_checkpoint_file_is_private(self, factory: FileRedoLogFactory) -> None:
+        self.build(factory)
+        factory.write_checkpoint(CHAIN, b"state")
+        path = factory.directory / f"{CHAIN}.ckpt"
+        assert path.read_bytes() == b"state"
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
+    def test_a_replaced_log_is_locked_by_its_writer(self, factory: FileRedoLogFactory) -> None:
+        self.build(factory)
+        old = factory.open(CHAIN)
+        tmp = factory.create_temp(CHAIN, HEADER)
+        factory.replace(CHAIN, tmp)
+        old.close()  # the old inode's lock goes; the name's new inode stays locked
+        other = FileRedoLogFactory(factory.directory)
+        with pytest.raises(LogError, match="already open for writing"):
+            other.open(CHAIN)
+        tmp.close()
+        other.open(CHAIN).close()
 
     def test_layout_on_disk(self, factory: FileRedoLogFactory) -> None:
         factory.create(CHAIN, HEADER).close()
@@ -590,6 +819,22 @@ class TestMemoryRedoLog(RedoLogContract):
     def put_raw(self, factory: RedoLogFactory, chain: str, data: bytes) -> None:
         assert isinstance(factory, MemoryRedoLogFactory)
         factory.disk(chain)[:] = data
+
+    def preserved(self, factory: RedoLogFactory, name: str) -> bytes:
+        assert isinstance(factory, MemoryRedoLogFactory)
+        return factory.preserved[name]
+
+    def test_a_crash_before_replace_loses_the_temporary_log(
+        self, factory: MemoryRedoLogFactory
+    ) -> None:
+        _, full = self.build(factory)
+        tmp = factory.create_temp(CHAIN, HEADER)
+        tmp.append(LogRecord(b"x", 0, b"x", True))
+        tmp.sync()
+        factory.crash()
+        assert self.raw(factory, CHAIN) == full
+        with pytest.raises(LogError):
+            factory.replace(CHAIN, tmp)
 
     def test_crash_loses_what_was_not_synced(self, factory: MemoryRedoLogFactory) -> None:
         log = factory.create(CHAIN, HEADER)
