@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dependency_injector import containers, providers
 
@@ -11,9 +12,13 @@ from adapters.clock import SystemClock
 from adapters.crypto import PqCrypto
 from adapters.redolog import FileRedoLogFactory
 from adapters.system import disk_space
+from application.chain_server import ChainServer, ServerConfig
 from application.compaction import Hook
 from application.mount import MountService
 from application.repair import Repairer
+
+if TYPE_CHECKING:
+    from adapters.ws_server import WsChainServer
 
 
 class Container(containers.DeclarativeContainer):
@@ -38,3 +43,12 @@ def bootstrap(log_path: Path, hook: Hook | None = None) -> Container:
     container.hook.override(providers.Object(hook))
     container.check_dependencies()
     return container
+
+
+def build_server(data_dir: Path, config: ServerConfig, host: str, port: int) -> WsChainServer:
+    """The chain server: the file redo logs of ``data_dir`` (one per chain, the same adapter as
+    a mount's), the real ML-DSA verifier, the system clock, behind the websocket adapter."""
+    from adapters.ws_server import WsChainServer
+
+    app = ChainServer(FileRedoLogFactory(data_dir.expanduser()), PqCrypto(), SystemClock(), config)
+    return WsChainServer(app, host, port)

@@ -1,5 +1,5 @@
-"""`wasmer-dfs serve`: the chain server, and its composition (the server's adapters and
-service are built here and nowhere else).
+"""`wasmer-dfs serve`: the chain server (its adapters are built in entrypoints/bootstrap.py,
+the one composition root).
 
 Register it in the CLI with ``app.command("serve")(serve)``; it also runs on its own:
 ``python -m entrypoints.serve --listen 127.0.0.1:5000 --data-dir DIR``.
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from application.chain_server import ChainServer, ServerConfig
+from application.chain_server import ServerConfig
 from domain.wire import BATCH_BYTES, BATCH_EVENTS, MAX_FRAME, ServerLimits
 
 if TYPE_CHECKING:  # the adapters load when the server is built, not with the CLI
@@ -39,16 +39,10 @@ def parse_listen(listen: str) -> tuple[str, int]:
 def build_server(
     data_dir: Path, config: ServerConfig, host: str = "127.0.0.1", port: int = 0
 ) -> WsChainServer:
-    """The composition root of the chain server: the file redo logs of ``data_dir`` (one per
-    chain, the same adapter as a mount's), the real ML-DSA verifier, the system clock."""
-    from adapters.clock import SystemClock
-    from adapters.crypto import PqCrypto
-    from adapters.redolog import FileRedoLogFactory
-    from adapters.ws_server import WsChainServer
+    """The chain server, built by the composition root (loaded only when a server starts)."""
+    from entrypoints.bootstrap import build_server as compose
 
-    logs = FileRedoLogFactory(data_dir.expanduser())
-    app = ChainServer(logs, PqCrypto(), SystemClock(), config)
-    return WsChainServer(app, host, port)
+    return compose(data_dir, config, host, port)
 
 
 async def run_server(server: WsChainServer, stop: asyncio.Event | None = None) -> None:
