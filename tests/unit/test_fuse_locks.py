@@ -14,26 +14,21 @@ Skipped, with the reason, without FUSE or the patched pyfuse3 (docs/adr/0006).
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.helperfs import HelperFs, helper_mounts
 from tests.locktools import Shell, ThreadServer, shells, wait_until
-from tests.unit.test_pyfuse3_patch import SKIP_REASON, _mounted
+from tests.unit.test_pyfuse3_patch import SKIP_REASON
 
 REPO = Path(__file__).resolve().parents[2]
-MOUNT_TIMEOUT = 20.0
 
 pytestmark = [
     pytest.mark.mount,
@@ -42,27 +37,7 @@ pytestmark = [
 ]
 
 
-@dataclass
-class LockFS:
-    root: Path
-    log: Path
-    stderr: Path
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def file(self) -> str:
-        return str(self.root / "file")
-
-    @property
-    def other(self) -> str:
-        return str(self.root / "other")
-
-    def records(self, op: str | None = None) -> list[dict[str, Any]]:
-        if not self.log.exists():
-            return []
-        out = [json.loads(line) for line in self.log.read_text().splitlines() if line]
-        return [r for r in out if op is None or r["op"] == op]
-
+class LockFS(HelperFs):
     def waiting(self, op: str, pid: int) -> Callable[[], bool]:
         """A request of process ``pid`` reached the handler (and may now wait)."""
         return lambda: any(
@@ -70,55 +45,16 @@ class LockFS:
         )
 
 
-def _stop(m: LockFS) -> None:
-    if m.proc.poll() is None and _mounted(m.root):
-        subprocess.run(["fusermount3", "-u", str(m.root)], capture_output=True, timeout=30)
-    try:
-        m.proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        m.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            m.proc.wait(timeout=10)
-    if _mounted(m.root):
-        subprocess.run(["fusermount3", "-uz", str(m.root)], capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def lockfs(tmp_path: Path) -> Iterator[Callable[..., LockFS]]:
     """lockfs(*flags) -> a mounted lockops_fs with the given flags."""
-    started: list[LockFS] = []
-
-    def start(*flags: str) -> LockFS:
-        n = len(started)
-        root = tmp_path / f"mnt{n}"
-        root.mkdir()
-        log, stderr = tmp_path / f"calls{n}.jsonl", tmp_path / f"lockfs{n}.stderr"
-        with open(stderr, "wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.unit.lockops_fs", str(root), str(log), *flags],
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-            )
-        m = LockFS(root, log, stderr, proc)
-        started.append(m)
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not (_mounted(root) and os.path.ismount(root)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"lockops_fs did not mount (exit code {proc.poll()}):\n"
-                    + stderr.read_text(errors="replace")
-                )
-            time.sleep(0.05)
-        return m
-
-    try:
-        yield start
-    finally:
-        for m in reversed(started):
-            _stop(m)
-        assert not [m.root for m in started if _mounted(m.root)]
+    yield from helper_mounts(
+        tmp_path,
+        LockFS,
+        "lockops_fs",
+        lambda root, log: [sys.executable, "-m", "tests.unit.lockops_fs", str(root), str(log)],
+        cwd=REPO,
+    )
 
 
 def pid_of(sh: Shell) -> int:

@@ -17,7 +17,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import shutil
 import signal
 import struct
@@ -26,14 +25,14 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helperfs import HelperFs, helper_mounts
+
 HELPER = Path(__file__).with_name("pyfuse3_lockfs.py")
-MOUNT_TIMEOUT = 20.0
 WAIT = 10.0
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -74,27 +73,7 @@ pytestmark = [
 
 
 # --- the mount ------------------------------------------------------------------------------
-@dataclass
-class Mount:
-    root: Path
-    log: Path
-    stderr: Path
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def file(self) -> str:
-        return str(self.root / "file")
-
-    @property
-    def other(self) -> str:
-        return str(self.root / "other")
-
-    def records(self, op: str | None = None) -> list[dict[str, Any]]:
-        if not self.log.exists():
-            return []
-        out = [json.loads(line) for line in self.log.read_text().splitlines() if line]
-        return [r for r in out if op is None or r["op"] == op]
-
+class Mount(HelperFs):
     def last(self, op: str) -> dict[str, Any]:
         found = self.records(op)
         assert found, f"no {op!r} call was recorded; the log holds {self.records()}"
@@ -110,64 +89,15 @@ class Mount:
         raise AssertionError(f"timed out waiting for {what}; the log holds {self.records()}")
 
 
-def _mounted(root: Path) -> bool:
-    """Whether *root* is in /proc/mounts (os.path.ismount is False for a dead FUSE mount)."""
-    with open("/proc/mounts") as f:
-        points = [line.split()[1] for line in f]
-    unescape = re.compile(r"\\([0-7]{3})")
-    return str(root) in {unescape.sub(lambda g: chr(int(g.group(1), 8)), p) for p in points}
-
-
-def _unmount(m: Mount) -> None:
-    if _mounted(m.root):
-        subprocess.run(["fusermount3", "-u", str(m.root)], capture_output=True, timeout=30)
-    try:
-        m.proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        m.proc.kill()  # SIGKILL to the helper's own pid
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            m.proc.wait(timeout=10)
-    if _mounted(m.root):
-        subprocess.run(["fusermount3", "-uz", str(m.root)], capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     """mount(*flags) -> Mount: starts the helper file system with the given flags."""
-    started: list[Mount] = []
-
-    def start(*flags: str) -> Mount:
-        n = len(started)
-        root = tmp_path / f"mnt{n}"
-        root.mkdir()
-        log = tmp_path / f"calls{n}.jsonl"
-        stderr = tmp_path / f"lockfs{n}.stderr"
-        with open(stderr, "wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, str(HELPER), str(root), str(log), *flags],
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-            )
-        m = Mount(root, log, stderr, proc)
-        started.append(m)
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not (_mounted(root) and os.path.ismount(root)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"pyfuse3_lockfs did not mount (exit code {proc.poll()}):\n"
-                    + stderr.read_text(errors="replace")
-                )
-            time.sleep(0.05)
-        return m
-
-    try:
-        yield start
-    finally:
-        for m in reversed(started):
-            _unmount(m)
-        still = [str(m.root) for m in started if _mounted(m.root)]
-        assert not still, f"left mounted: {still}"
+    yield from helper_mounts(
+        tmp_path,
+        Mount,
+        "pyfuse3_lockfs",
+        lambda root, log: [sys.executable, str(HELPER), str(root), str(log)],
+    )
 
 
 @contextlib.contextmanager
