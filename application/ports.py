@@ -286,3 +286,18 @@ class Clock(abc.ABC):
     @abc.abstractmethod
     def monotonic(self) -> float:
         """Seconds on a clock that never goes back (for timers)."""
+
+
+# --- name resolution ---------------------------------------------------------------------------
+class ResolveError(Exception):
+    """A host name could not be turned into addresses; the message is meant for a human."""
+
+
+class Resolver(abc.ABC):
+    """Turns a host name into the addresses to connect to. Blocking: call it off the event loop
+    (``asyncio.to_thread``). IP literals and ``localhost`` resolve without asking anyone."""
+
+    @abc.abstractmethod
+    def resolve(self, host: str, port: int) -> list[tuple[str, int]]:
+        """``(address, port)`` pairs in the order to try them, never empty; raises
+        ``ResolveError`` when the name does not exist, has no address or cannot be looked up."""
