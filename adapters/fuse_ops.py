@@ -17,7 +17,10 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
+from adapters.fuse_locks import LockOps
 from application.filesystem import Attr, FileSystemService, SetAttr
+from application.locks import LockService
+from application.replication import ReplicationService
 from domain.fs.model import FsError
 
 log = logging.getLogger("wasmer_dfs.fuse")
@@ -70,7 +73,7 @@ class GroupCommitter:
                 log.exception("background fsync failed")
 
 
-class FuseOperations(pyfuse3.Operations):
+class FuseOperations(LockOps, pyfuse3.Operations):
     def __init__(
         self,
         service: FileSystemService,
@@ -78,12 +81,23 @@ class FuseOperations(pyfuse3.Operations):
         *,
         writeback: bool = False,
         read_only: bool = False,
+        remote: ReplicationService | None = None,
+        locks: LockService | None = None,
     ) -> None:
         super().__init__()
         self.service = service
         self.committer = committer
         self.enable_writeback_cache = writeback
         self.read_only = read_only
+        #: a replicated mount: writes follow its recovery mode (docs/adr/0009)
+        self.remote = remote
+        self.init_locks(locks)
+        #: set once the kernel's INIT has been answered (what it negotiated is then in force)
+        self.initialized = asyncio.Event()
+
+    def init(self) -> None:
+        # Called while answering INIT; waiters run after the answer was sent.
+        self.initialized.set()
 
     # -- conversions ---------------------------------------------------------------------------
     @staticmethod
@@ -109,6 +123,17 @@ class FuseOperations(pyfuse3.Operations):
     def _writable(self) -> None:
         if self.read_only:
             raise FsError(errno.EROFS)
+        if self.remote is not None:
+            self.remote.check_writable()
+
+    async def _metadata_done(self) -> None:
+        """A metadata change was made: in the recovery modes that say so, wait for the server."""
+        if self.remote is not None:
+            await self.remote.after_metadata()
+
+    async def _data_done(self) -> None:
+        if self.remote is not None:
+            await self.remote.after_data()
 
     def _new_entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         """An entry reply: the kernel holds a reference to the inode until it forgets it."""
@@ -152,7 +177,9 @@ class FuseOperations(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
-        return self.entry(self.service.setattr(inode, changes))
+        entry = self.entry(self.service.setattr(inode, changes))
+        await self._metadata_done()
+        return entry
 
     @_translate
     async def readlink(self, inode: int, ctx: Any) -> bytes:
@@ -161,27 +188,35 @@ class FuseOperations(pyfuse3.Operations):
     @_translate
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
         self._writable()
-        return self._new_entry(self.service.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
+        attr = self.service.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
+        await self._metadata_done()
+        return self._new_entry(attr)
 
     @_translate
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
         self._writable()
-        return self._new_entry(self.service.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+        attr = self.service.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
+        await self._metadata_done()
+        return self._new_entry(attr)
 
     @_translate
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
         self.service.unlink(parent_inode, name)
+        await self._metadata_done()
 
     @_translate
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
         self.service.rmdir(parent_inode, name)
+        await self._metadata_done()
 
     @_translate
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
         self._writable()
-        return self._new_entry(self.service.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
+        attr = self.service.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
+        await self._metadata_done()
+        return self._new_entry(attr)
 
     @_translate
     async def rename(
@@ -190,11 +225,14 @@ class FuseOperations(pyfuse3.Operations):
     ) -> None:  # fmt: skip
         self._writable()
         self.service.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        await self._metadata_done()
 
     @_translate
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
         self._writable()
-        return self._new_entry(self.service.link(inode, new_parent_inode, new_name))
+        attr = self.service.link(inode, new_parent_inode, new_name)
+        await self._metadata_done()
+        return self._new_entry(attr)
 
     @_translate
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
@@ -208,6 +246,7 @@ class FuseOperations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
         self._writable()
         fh, attr = self.service.create(parent_inode, name, mode, ctx.uid, ctx.gid)
+        await self._metadata_done()
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._new_entry(attr)
 
     @_translate
@@ -216,14 +255,18 @@ class FuseOperations(pyfuse3.Operations):
 
     @_translate
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if self.remote is not None:
+            self.remote.check_writable()
         return self.service.write(fh, off, buf)
 
     @_translate
     async def flush(self, fh: int) -> None:
         self.service.flush(fh)
+        await self._data_done()
 
     @_translate
     async def release(self, fh: int) -> None:
+        await self.release_lock_handle(fh)
         wrote = self.service.release(fh)
         if wrote and self.committer is not None:
             self.committer.request()
@@ -231,6 +274,7 @@ class FuseOperations(pyfuse3.Operations):
     @_translate
     async def fsync(self, fh: int, datasync: bool) -> None:
         self.service.fsync(fh)
+        await self._data_done()
 
     @_translate
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
@@ -245,11 +289,13 @@ class FuseOperations(pyfuse3.Operations):
         # pyfuse3 has checked XATTR_CREATE / XATTR_REPLACE through getxattr already.
         self._writable()
         self.service.setxattr(inode, name, value)
+        await self._metadata_done()
 
     @_translate
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
         self.service.removexattr(inode, name)
+        await self._metadata_done()
 
     # The next three exist only in the patched pyfuse3 (pyfuse3.WASMER_DFS_PATCH); an unpatched
     # one never calls them and the kernel falls back (EOPNOTSUPP, whole-file data, read+write).

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -17,16 +19,22 @@ import pyfuse3
 import pyfuse3.asyncio
 
 from adapters.fuse_ops import FuseOperations, GroupCommitter
+from adapters.remote import FuseKernelCache
 from application.checkpoint import check_prefix
 from application.compaction import Compactor
 from application.filesystem import FileSystemService
+from application.locks import LockService
 from application.ports import LogError
+from application.replication import ReplicationService
 
 log = logging.getLogger("wasmer_dfs.fuse")
 
 TICK_SECONDS = 0.25
 IDLE_COMMIT_SECONDS = 1.0
 COMPACT_CHECK_SECONDS = 1.0
+#: Kernel read-ahead for the mount (KiB). FUSE starts at 128 KiB, so a sequential read arrives as
+#: 128 KiB requests; 1 MiB (the largest request the kernel sends) quarters their number.
+READ_AHEAD_KB = 1024
 
 
 def fuse_options(*, allow_other: bool, allow_root: bool, read_only: bool, fsname: str) -> set[str]:
@@ -37,6 +45,46 @@ def fuse_options(*, allow_other: bool, allow_root: bool, read_only: bool, fsname
         opts.add("allow_root")
     opts.add("ro" if read_only else "rw")
     return opts
+
+
+def _mount_device(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The "major:minor" of the newest mount at ``mountpoint``, from ``mountinfo`` (a stat of the
+    mount point would ask this very file system, which is not serving yet)."""
+    target = os.path.abspath(mountpoint)
+    found = None
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 5:
+                    continue
+                path = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                if path == target:
+                    found = fields[2]
+    except OSError:
+        return None
+    return found
+
+
+async def raise_read_ahead(
+    mountpoint: str, initialized: asyncio.Event, kib: int = READ_AHEAD_KB
+) -> None:
+    """Raise the kernel's read-ahead of the mount's backing device info to ``kib`` (never lower
+    it) once INIT is answered (INIT sets it, to at most what the kernel offered: 128 KiB), so
+    sequential reads come in requests of up to 1 MiB instead of 128 KiB. Needs write access to
+    /sys (root); otherwise the kernel's default stays."""
+    await initialized.wait()
+    dev = _mount_device(mountpoint)
+    if dev is None:
+        return
+    path = f"/sys/class/bdi/{dev}/read_ahead_kb"
+    try:
+        with open(path, "r+") as f:
+            if int(f.read().strip() or 0) < kib:
+                f.seek(0)
+                f.write(str(kib))
+    except (OSError, ValueError) as exc:
+        log.debug("read-ahead of %s stays as it was: %s", mountpoint, exc)
 
 
 async def _ticker(service: FileSystemService) -> None:
@@ -99,6 +147,53 @@ def _terminate() -> None:
         asyncio.get_running_loop().call_later(0.01, _terminate)
 
 
+class NotSynced(Exception):
+    """The mount was stopped before a new replica caught up with the chain server."""
+
+
+async def _first_sync(replication: ReplicationService, timeout: float | None) -> None:
+    """Wait until the replica has caught up with the server (a new replica has no tree to show
+    before; ``timeout`` None: wait for it); SIGINT/SIGTERM give up."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        synced = asyncio.create_task(replication.wait_synced())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait(
+            (synced, stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        for t in (synced, stopped):
+            t.cancel()
+        if timeout is not None and not stopped.done():
+            if not replication.has_synced:
+                log.warning(
+                    "the chain server did not answer within %.0f s: mounted disconnected", timeout
+                )
+            return
+        if not replication.has_synced:
+            raise NotSynced(replication.state.last_error or "stopped before the first sync")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+async def _upload_before_unmount(replication: ReplicationService, timeout: float) -> None:
+    """At unmount, give what was written locally a chance to reach the server."""
+    if not replication.state.connected:
+        if replication.replica.pending:
+            log.warning(
+                "unmounted with %d transactions not yet on the chain server (they go up at the"
+                " next mount)", replication.replica.pending,
+            )  # fmt: skip
+        return
+    try:
+        await asyncio.wait_for(replication.flush_confirmed(), timeout)
+    except Exception as exc:
+        log.warning("not everything reached the chain server before unmount: %s", exc)
+
+
 class PrefixDamaged(Exception):
     """The part of the log a checkpointed open skipped is damaged: the mount was stopped."""
 
@@ -146,20 +241,55 @@ def run(
     on_mounted: Callable[[], None] = lambda: None,
     compactor: Compactor | None = None,
     unchecked_until: int | None = None,
+    replication: ReplicationService | None = None,
+    locks: LockService | None = None,
+    on_loop: Callable[[], None] = lambda: None,
+    wait_first_sync: bool = False,
+    first_sync_timeout: float | None = None,
 ) -> None:
     """Mount, serve until unmounted or signalled, unmount. Blocks. ``PrefixDamaged`` when the
-    background check of the log before the checkpoint found damage (and stopped the mount)."""
+    background check of the log before the checkpoint found damage (and stopped the mount).
+
+    A replicated mount: ``replication`` runs beside the file system (``wait_first_sync``: a new
+    replica is mounted only once it caught up - or ``first_sync_timeout`` passed -, ``NotSynced``
+    if stopped before); ``locks`` are
+    distributed locks; ``on_loop`` starts what needs the running loop (the lock coordinator)."""
     failures: list[str] = []
     pyfuse3.asyncio.enable()
 
     async def main() -> None:
+        on_loop()
+        replicating = (
+            asyncio.create_task(replication.run()) if replication is not None else None
+        )
+        try:
+            if replication is not None and wait_first_sync:
+                await _first_sync(replication, first_sync_timeout)
+            await serve()
+        finally:
+            if replication is not None and replicating is not None:
+                await _upload_before_unmount(replication, 10.0)
+                await replication.stop()
+                replicating.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await replicating
+            if locks is not None:
+                await locks.close()
+
+    async def serve() -> None:
         committer = GroupCommitter(service)
-        ops = FuseOperations(service, committer, writeback=writeback, read_only=read_only)
+        ops = FuseOperations(
+            service, committer, writeback=writeback, read_only=read_only, remote=replication,
+            locks=locks,
+        )  # fmt: skip
         pyfuse3.init(ops, mountpoint, options)
+        if replication is not None:
+            replication.kernel = FuseKernelCache()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, _terminate)
         tasks = [asyncio.create_task(committer.run())]
+        tasks.append(asyncio.create_task(raise_read_ahead(mountpoint, ops.initialized)))
         if not read_only:
             tasks.append(asyncio.create_task(_ticker(service)))
             if compactor is not None:
@@ -176,6 +306,8 @@ def run(
                     await t
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if replication is not None:
+                replication.kernel = None  # unmounted: nothing left to invalidate
 
     try:
         asyncio.run(main())

@@ -237,6 +237,10 @@ class FileSystemService:
         self.id_map: IdMap | None = None
         #: inode -> references the kernel holds (its lookup count; FUSE only)
         self._refs: dict[int, int] = {}
+        #: a replica of a chain on a server: inodes are deleted only by the mount that removed
+        #: their last name (``_maybe_reap``)
+        self.replicated = False
+        self._unlinked_here: set[int] = set()
 
     # -- set-up --------------------------------------------------------------------------------
     def format_if_empty(self, uid: int, gid: int, mode: int = 0o755) -> None:
@@ -371,8 +375,16 @@ class FileSystemService:
         self.session.delete(ino, type_name=TYPE_INODE, parent=(ROOT_INO, COLL_INODES))
         self._okeys.pop(ino, None)
 
-    def _maybe_reap(self, ino: int) -> None:
-        """Delete an inode that no name, no open handle and no kernel reference keeps."""
+    def _maybe_reap(self, ino: int, *, unlinked_here: bool = False) -> None:
+        """Delete an inode that no name, no open handle and no kernel reference keeps.
+
+        On a replica (``replicated``) only the mount that removed the inode's last name deletes
+        it: another mount may hold it open, and two mounts deleting it would race."""
+        if self.replicated:
+            if unlinked_here and self.view.links.get(ino, 0) == 0:
+                self._unlinked_here.add(ino)
+            elif ino not in self._unlinked_here:
+                return
         if (
             self.view.links.get(ino, 0) == 0
             and self._open.get(ino, 0) == 0
@@ -381,6 +393,7 @@ class FileSystemService:
             and ino in self.view.inodes
         ):
             self._delete_inode(ino)
+            self._unlinked_here.discard(ino)
 
     # -- kernel references (FUSE lookup counts) --------------------------------------------------
     def remember(self, ino: int) -> None:
@@ -508,7 +521,7 @@ class FileSystemService:
         now = self.clock.now_ns()
         self._delete_dentry(entry.dentry, parent)
         self._dir_changed(parent, now)
-        self._maybe_reap(entry.inode)
+        self._maybe_reap(entry.inode, unlinked_here=True)
         if entry.inode in self.view.inodes:  # other names, open, or referenced: lives on
             self._touch(entry.inode, _replace(self.inode(entry.inode), ctime_ns=now))
 
@@ -522,7 +535,7 @@ class FileSystemService:
             raise FsError(errno.ENOTEMPTY)
         self._delete_dentry(entry.dentry, parent)
         self._dir_changed(parent, self.clock.now_ns())
-        self._maybe_reap(entry.inode)
+        self._maybe_reap(entry.inode, unlinked_here=True)
 
     def rename(self, op: int, oname: bytes, np: int, nname: bytes, flags: int = 0) -> None:
         check_name(nname)
@@ -559,7 +572,7 @@ class FileSystemService:
                 if ddata.is_dir and self.view.dirs.get(dst.inode):
                     raise FsError(errno.ENOTEMPTY)
                 self._delete_dentry(dst.dentry, np)
-                self._maybe_reap(dst.inode)
+                self._maybe_reap(dst.inode, unlinked_here=True)
                 if dst.inode in self.view.inodes:  # still linked elsewhere, or open
                     self._touch(dst.inode, _replace(self.inode(dst.inode), ctime_ns=now))
             self._put_dentry(src.dentry, np, nname, src.inode)
@@ -1034,6 +1047,16 @@ class FileSystemService:
             raise FsError(errno.EEXIST)
         self._put_dentry(self._new_key(), directory, name, ino)
         self._dir_changed(directory, self.clock.now_ns())
+
+    # -- replication (application/replication.py) and locks ------------------------------------
+    def forget_cached(self, ino: int) -> None:
+        """Drop the decrypted pages kept of ``ino`` (another replica changed it)."""
+        for k in [k for k in self._cache if k[0] == ino]:
+            del self._cache[k]
+
+    def inode_of(self, fh: int) -> int:
+        """The inode an open file handle refers to (the object key, the same on every mount)."""
+        return self._handle(fh).ino
 
 
 def _replace(data: InodeData, **changes: object) -> InodeData:

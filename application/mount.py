@@ -29,6 +29,12 @@ class MountRequest:
     #: at unmount); False replays the whole log and leaves the checkpoint alone (verify)
     use_checkpoint: bool = True
     compaction: CompactPolicy = field(default_factory=CompactPolicy)
+    #: a replica of a chain on a chain server (docs/adr/0009): its log's header is the server's
+    #: (no name check), no orphan collection (another mount may hold an unlinked file open)
+    remote: bool = False
+    #: for a replica without a local log yet: the chain's header as the server holds it (the
+    #: log is created empty; the events arrive by replication). None: a new chain is created.
+    replica_header: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -76,7 +82,7 @@ class MountService:
 
     def open(self, req: MountRequest, progress: Progress | None = None) -> Mounted:
         """Open (or create) the chain; ``progress`` follows the replay ("scan", done, total)."""
-        created = False
+        created = replica = False
         blob: bytes | None = None
         try:
             if self.logs.exists(req.chain):
@@ -88,7 +94,14 @@ class MountService:
                 session = ChainSession.open(
                     self.logs, req.chain, req.passcode, self.crypto, self.clock, req.formats,
                     read_only=req.read_only, resume_at=checkpoint.resume_position(blob),
+                    check_name=not req.remote,
                 )  # fmt: skip
+            elif req.replica_header is not None:
+                session = ChainSession.create_replica(
+                    self.logs, req.chain, req.replica_header, req.passcode, self.crypto,
+                    self.clock, req.formats,
+                )  # fmt: skip
+                replica = True
             else:
                 if req.read_only:
                     raise ChainIntegrityError(f"there is no chain {req.chain!r} to mount read-only")
@@ -108,11 +121,15 @@ class MountService:
         del blob  # the loader holds it alone, and drops it once decrypted
         compactor = None
         try:
-            if not created:
-                transactions = session.start(restore=loader if req.use_checkpoint else None)
+            if not created and not replica:
+                transactions = session.start(
+                    restore=loader if req.use_checkpoint else None, key_optional=req.remote
+                )
             if not req.read_only:
-                fs.format_if_empty(req.uid, req.gid)
-                fs.collect_orphans()
+                if not req.remote or created:
+                    fs.format_if_empty(req.uid, req.gid)
+                if not req.remote:
+                    fs.collect_orphans()
                 compactor = Compactor(
                     self.logs, req.chain, session, self.clock, req.compaction,
                     mark=loader.mark, hook=self.hook,

@@ -49,6 +49,7 @@ from domain.events import (
     EventHeader,
     LocalSeal,
     Meta,
+    Nonce,
     Parent,
     PublicKey,
     Signature,
@@ -77,6 +78,8 @@ CHAIN_KEY_OBJECT = 2
 TYPE_CHAIN_KEY = "chain-key"
 HEADER_VERSION = 1
 KEY_CHECK = b"wasmer-dfs/key-check/v1"
+#: random bytes that make an event without encrypted data unique (``Nonce``)
+NONCE_BYTES = 8
 
 _log = logging.getLogger("wasmer_dfs.session")
 
@@ -204,6 +207,9 @@ class ChainSession:
         self._unwrapped: dict[bytes, bytes] = {}
         self._signing: tuple[bytes, bytes] | None = None  # (public key hash, secret key)
         self._pending: list[bytes] = []
+        self._pending_keys: set[int] = set()
+        #: called after each local transaction is sealed: (first position, end, object keys)
+        self.on_commit: Callable[[int, int, frozenset[int]], None] | None = None
         self.pending_since: float | None = None
         self.pending_bytes = 0
         self._closed = False
@@ -287,11 +293,14 @@ class ChainSession:
         indexers: Sequence[Indexer] = (),
         read_only: bool = False,
         resume_at: int | None = None,
+        check_name: bool = True,
     ) -> ChainSession:
         """Open an existing chain. ``resume_at``: a committed end known from a checkpoint, so
-        that the log checks only what follows it for a torn tail (see ``RedoLogFactory.open``)."""
+        that the log checks only what follows it for a torn tail (see ``RedoLogFactory.open``).
+        ``check_name``: refuse a log whose header names another chain (a replica's header is
+        the server's, named by whoever created the chain: no check)."""
         header = ChainHeader.decode(logs.read_header(chain))
-        if header.name != chain:
+        if check_name and header.name != chain:
             raise ChainMismatch(
                 f"this log belongs to chain {header.name!r}, not {chain!r}"
                 f" (chain id {header.chain_id.hex()})"
@@ -300,14 +309,39 @@ class ChainSession:
         log = logs.open(chain, read_only=read_only, resume_at=resume_at)
         return cls(log, header, crypto, clock, read_key, formats, indexers)
 
-    def start(self, restore: Callable[[ChainSession], int | None] | None = None) -> int:
+    @classmethod
+    def create_replica(
+        cls,
+        logs: RedoLogFactory,
+        chain: str,
+        header_body: bytes,
+        passcode: bytes | None,
+        crypto: Crypto,
+        clock: Clock,
+        formats: Formats,
+        indexers: Sequence[Indexer] = (),
+    ) -> ChainSession:
+        """An empty local replica of a chain whose header (the chain server's) is given; its
+        events, the genesis included, arrive by replication."""
+        header = ChainHeader.decode(header_body)
+        read_key = cls.check_passcode(header, passcode, crypto)
+        log = logs.create(chain, header_body)
+        return cls(log, header, crypto, clock, read_key, formats, indexers)
+
+    def start(
+        self,
+        restore: Callable[[ChainSession], int | None] | None = None,
+        *,
+        key_optional: bool = False,
+    ) -> int:
         """Replay the log through the pipeline (validating it) and load the signing key;
         returns the number of transactions replayed.
 
         ``restore`` may load the state from a checkpoint and return the log position it
         corresponds to: then only the records after it are replayed. If that replay fails, the
         state is reset and the whole log is replayed (the log is the truth, never the
-        checkpoint)."""
+        checkpoint). ``key_optional``: a replica may not have received the chain's key object
+        yet (then ``load_signing_key`` follows the initial sync)."""
         try:
             start = restore(self) if restore is not None else None
             try:
@@ -320,7 +354,9 @@ class ChainSession:
                 self.reset()
                 with no_gc():
                     count = self.replay()
-            if self._read_key is not None:
+            if self._read_key is not None and (
+                not key_optional or CHAIN_KEY_OBJECT in self.index.objects
+            ):
                 self.load_signing_key()
         except BaseException:
             self.log.close()
@@ -525,7 +561,9 @@ class ChainSession:
         meta.extend(extra)
         meta.append(Timestamp(self.clock.now_ms()))
         if okey is not None:
-            meta.append(okey.conf)
+            meta.append(okey.conf)  # its data is sealed under a random nonce: unique already
+        else:
+            meta.append(Nonce(self.crypto.random(NONCE_BYTES)))
         return self._append(meta, payload, okey, raw_data, decoded)
 
     def delete(
@@ -541,6 +579,7 @@ class ChainSession:
             meta.append(Parent(parent[0], parent[1]))
         meta.extend(extra)
         meta.append(Timestamp(self.clock.now_ms()))
+        meta.append(Nonce(self.crypto.random(NONCE_BYTES)))
         return self._append(meta, None, None, None, None)
 
     def _append(
@@ -574,6 +613,9 @@ class ChainSession:
             self._tx_head = self.index.head
             self._tx_start = pos
         self._pending.append(hdr.hash)
+        key = meta[0].key if isinstance(meta[0], DataKey | Tombstone) else None
+        if key is not None:
+            self._pending_keys.add(key)
         if self.pending_since is None:
             self.pending_since = self.clock.monotonic()
         self.pending_bytes += len(data) if data else 0
@@ -600,15 +642,74 @@ class ChainSession:
             meta.insert(0, LocalSeal(local_mac(self._seal_key, self._tx_head, digest)))
         self._append_seal(meta)
         self.last_tx_start = self._tx_start
+        keys = frozenset(self._pending_keys)
         self._pending = []
+        self._pending_keys = set()
         self.pending_since = None
         self.pending_bytes = 0
+        if self.on_commit is not None:
+            self.on_commit(self._tx_start, self.log.committed_end, keys)
         return True
 
     def _append_seal(self, meta: list[Meta]) -> int:
         hdr = make_header(meta, self.formats.meta, None)
         pos, _ = self.log.append(LogRecord(hdr.meta_bytes, int(self.formats.meta), None, True))
         return pos
+
+    # -- replication (application/replication.py, docs/adr/0009) ------------------------------
+    @property
+    def committed_end(self) -> int:
+        return self.log.committed_end
+
+    @property
+    def pending_keys(self) -> frozenset[int]:
+        """Keys of the objects the open (unsealed) transaction writes or deletes."""
+        return frozenset(self._pending_keys)
+
+    @property
+    def can_sign(self) -> bool:
+        return self._signing is not None
+
+    def signed_seal(self, digest: bytes) -> list[Meta]:
+        """Seal metadata over ``digest`` for other nodes: one ML-DSA signature of the chain's
+        root key (just a timestamp in a chain without keys)."""
+        meta: list[Meta] = [Timestamp(self.clock.now_ms())]
+        if self._signing is not None:
+            pk_hash, secret = self._signing
+            meta.insert(0, Signature(pk_hash, digest, self.crypto.sign(secret, digest)))
+        elif self._read_key is not None:
+            raise SessionError("the chain's signing key is not loaded yet")
+        return meta
+
+    def append_marker(self, meta: Sequence[Meta]) -> int:
+        """Append an empty transaction carrying ``meta`` (replica bookkeeping), locally sealed;
+        returns its position."""
+        self.commit()
+        seal = [*meta, *self.seal_meta(self.index.head, [])]
+        pos = self._append_seal(seal)
+        self.last_tx_start = pos
+        return pos
+
+    def append_foreign(
+        self, records: Sequence[tuple[LogRecord, EventHeader]], seal_meta: Sequence[Meta]
+    ) -> Transaction:
+        """Append a transaction validated elsewhere (streamed from the chain server) with the
+        seal ``seal_meta``, and apply it (but its ``Origin.skipped`` objects) to the state.
+        The open local transaction is sealed first, so the two never mix."""
+        self.commit()
+        located: list[Located] = []
+        first = -1
+        for rec, hdr in records:
+            pos, ref = self.log.append(rec)
+            if first < 0:
+                first = pos
+            located.append(Located(hdr, ref, position=pos))
+        seal = make_header(list(seal_meta), self.formats.meta, None)
+        pos = self._append_seal(list(seal_meta))
+        self.last_tx_start = first if first >= 0 else pos
+        tx = Transaction(tuple(located), seal)
+        self.pipeline.apply(self.index, tx.applied)
+        return tx
 
     @property
     def unattested(self) -> bool:

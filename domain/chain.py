@@ -24,6 +24,7 @@ from domain.events import (
     DataKey,
     EventHeader,
     LocalSeal,
+    Origin,
     Parent,
     PublicKey,
     Signature,
@@ -84,6 +85,32 @@ class Transaction:
     @property
     def signatures(self) -> list[Signature]:
         return [m for m in self.seal.meta if isinstance(m, Signature)]
+
+    @property
+    def skipped(self) -> frozenset[int]:
+        """Keys of objects this replica did not apply the transaction to (``Origin``)."""
+        origin = self.seal.find(Origin)
+        return frozenset(origin.skipped) if isinstance(origin, Origin) and origin.skipped else _NONE
+
+    @property
+    def applied(self) -> tuple[Located, ...]:
+        """The events that change this replica's state: all of them but the skipped ones."""
+        skip = self.skipped
+        if not skip:
+            return self.events
+        return tuple(e for e in self.events if event_key(e.header) not in skip)
+
+
+_NONE: frozenset[int] = frozenset()
+
+
+def event_key(hdr: EventHeader) -> int | None:
+    """The key of the object an event writes or deletes (None: neither)."""
+    tomb = hdr.find(Tombstone)
+    if tomb is not None:
+        return int(tomb.key)
+    dk = hdr.find(DataKey)
+    return int(dk.key) if dk is not None else None
 
 
 @dataclass(slots=True)
@@ -290,12 +317,13 @@ class AuthorizationValidator:
             if not _allowed(option, signers):
                 raise Unauthorised(f"write to object {key} is not authorised by its signers")
 
+        skipped = tx.skipped
         for ev in tx.events:
             hdr = ev.header
             tomb = hdr.find(Tombstone)
             dk = hdr.find(DataKey)
             key = tomb.key if tomb is not None else (dk.key if dk is not None else None)
-            if key is None:
+            if key is None or key in skipped:
                 continue
             parent = hdr.find(Parent)
             existing = overlay[key] if key in overlay else index.objects.get(key)
@@ -364,4 +392,4 @@ class Pipeline:
         self.check(index, tx)
         if not tx.events and tx.signatures:
             index.attested = index.head
-        self.apply(index, tx.events)
+        self.apply(index, tx.applied)

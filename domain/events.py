@@ -138,6 +138,32 @@ class Chunk(msgspec.Struct, tag="Chunk", frozen=True, array_like=True):
     index: int
 
 
+class Nonce(msgspec.Struct, tag="Nonce", frozen=True, array_like=True):
+    """Random bytes that make an event unique where nothing else does (a deletion, data in
+    clear): the chain server refuses an event it holds already as a replay, so two equal events
+    written by two replicas - or twice by one - must never hash alike."""
+
+    value: bytes
+
+
+class Origin(msgspec.Struct, tag="Origin", frozen=True, array_like=True):
+    """On the seal of a transaction a replica received from the chain server (docs/adr/0009):
+    ``end`` is the server's log position after it; ``skipped`` the keys of objects this replica
+    did not apply it to (its own unconfirmed change to them comes later in the server's order),
+    so that a replay repeats the decision."""
+
+    end: int
+    skipped: list[int]
+
+
+class Uploaded(msgspec.Struct, tag="Uploaded", frozen=True, array_like=True):
+    """A replica's marker (an empty transaction): its local transactions up to log position
+    ``upto`` are in the server's chain, which then ended at ``server_end`` (-1: not known)."""
+
+    upto: int
+    server_end: int
+
+
 Meta = (
     DataKey
     | Tombstone
@@ -152,6 +178,9 @@ Meta = (
     | EncryptedPrivateKey
     | Type
     | Chunk
+    | Nonce
+    | Origin
+    | Uploaded
 )
 
 
@@ -270,6 +299,9 @@ _SINGLE = (
     Type,
     Chunk,
     LocalSeal,
+    Nonce,
+    Origin,
+    Uploaded,
 )
 
 

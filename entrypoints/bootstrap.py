@@ -18,7 +18,11 @@ from application.mount import MountService
 from application.repair import Repairer
 
 if TYPE_CHECKING:
+    from adapters.ws_locks import WsLockCoordinator
     from adapters.ws_server import WsChainServer
+    from application.locks import LockService
+    from application.mount import Mounted
+    from application.replication import RecoveryMode, ReplicationService
 
 
 class Container(containers.DeclarativeContainer):
@@ -52,3 +56,21 @@ def build_server(data_dir: Path, config: ServerConfig, host: str, port: int) -> 
 
     app = ChainServer(FileRedoLogFactory(data_dir.expanduser()), PqCrypto(), SystemClock(), config)
     return WsChainServer(app, host, port)
+
+
+def build_replica(
+    mounted: Mounted, url: str, mode: RecoveryMode
+) -> tuple[ReplicationService, LockService, WsLockCoordinator]:
+    """A replicated mount's services: replication through the chain server at ``url`` (the
+    websocket adapter) and distributed locks through the same server."""
+    from adapters.remote import WsConnector
+    from adapters.ws_locks import WsLockCoordinator
+    from application.locks import LockService
+    from application.replica_log import ReplicaLog
+    from application.replication import ReplicationService
+
+    session, fs = mounted.session, mounted.fs
+    replica = ReplicaLog(session)
+    replication = ReplicationService(session, replica, fs, WsConnector(url), mode)
+    coordinator = WsLockCoordinator(url, header=session.header.encode())
+    return replication, LockService(coordinator, fs.inode_of, replication), coordinator

@@ -31,6 +31,10 @@ PASSCODE_ENV = "WASMER_DFS_PASSCODE"
 CRASH_ENV = "WASMER_DFS_COMPACT_CRASH_AT"
 PAUSE_ENV = "WASMER_DFS_COMPACT_PAUSE_AT"
 DEFAULT_LOG_PATH = Path("~/wasmer/fs")
+#: replicas of remote chains, one directory per chain name (a local chain keeps the default)
+DEFAULT_REMOTE_LOGS = Path("~/wasmer/fs/remote")
+#: seconds a replica with a tree waits for the chain server before it mounts disconnected
+FIRST_SYNC_WAIT = 10.0
 LOCAL_CHAIN = "local"
 
 app = typer.Typer(
@@ -167,6 +171,45 @@ def _split_positionals(remote: str | None, log_path: Path | None) -> tuple[str |
     return remote, log_path
 
 
+def _chain_of(url: str) -> str:
+    """The chain name of ``ws://HOST:PORT/db/NAME`` (exit 2 with the reason otherwise)."""
+    from urllib.parse import urlsplit
+
+    from adapters.ws_client import chain_of
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        fail(f"{url!r} is not a chain URL: expected ws://HOST:PORT/db/NAME", 2)
+    try:
+        name = chain_of(url)
+    except ValueError as exc:
+        fail(f"{url!r} is not a chain URL ({exc}): expected ws://HOST:PORT/db/NAME", 2)
+    if "/" in name or name in (".", "..") or "\0" in name:
+        fail(f"{name!r} is not a chain name (no '/', not '.' or '..')", 2)
+    return name
+
+
+def _server_header(url: str) -> bytes | None:
+    """The chain's header from the server, for a replica without a local log (None: the server
+    does not hold the chain, this mount creates it). Retries with back-off until the server
+    answers; exits when it refuses."""
+    import asyncio
+
+    from adapters.remote import fetch_header
+    from application.replication import RemoteError, RemoteRefused
+
+    delay = 0.2
+    while True:
+        try:
+            return asyncio.run(fetch_header(url))
+        except RemoteRefused as exc:
+            fail(f"the chain server refused: {exc}", 3)
+        except RemoteError as exc:
+            logging.getLogger("wasmer_dfs").warning("%s (retrying in %.1f s)", exc, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
 def _compact_policy(mode: CompactMode, factor: float, size: int, timer: int) -> CompactPolicy:
     if factor < 0:
         fail("--compact-threshold-factor must not be negative", 2)
@@ -245,16 +288,22 @@ def mount(
     no_auth: Annotated[bool, typer.Option("--no-auth", "-n", help="Same as the global --no-auth: an UNENCRYPTED file system")] = False,
 ) -> None:  # fmt: skip
     """Mounts a local or remote file system (runs until unmounted, SIGINT or SIGTERM)."""
-    from adapters.fuse_runner import PrefixDamaged, fuse_options, run
+    from adapters.fuse_runner import NotSynced, PrefixDamaged, fuse_options, run
     from application.ports import LogError
     from entrypoints.bootstrap import bootstrap
 
     remote, log_path = _split_positionals(remote, log_path)
-    if remote is not None:
-        not_yet("mounting a remote chain", "chain server and live replication")
     policy = _compact_policy(
         compact_mode, compact_threshold_factor, compact_threshold_size, compact_timer
     )
+    chain_name = None
+    if remote is not None:
+        chain_name = _chain_of(remote)
+        if compact_now:
+            not_yet("--compact-now on a replicated mount", "compaction of replicas")
+        # A replica's log positions are its bookkeeping with the server (docs/adr/0009):
+        # compacting it is not supported yet, so it never runs on its own.
+        policy = CompactPolicy(CompactPolicyMode.NEVER)
     if compact_now and read_only:
         fail("--compact-now rewrites the log: it cannot be combined with --read-only", 2)
     mnt = mount_path.expanduser()
@@ -264,10 +313,16 @@ def mount(
         fail(f"{mnt} is already a mount point", 2)
     if not non_empty and any(mnt.iterdir()):
         fail(f"mount path {mnt} is not empty (use --non-empty to mount over it)", 2)
-    logs_dir = (log_path or DEFAULT_LOG_PATH).expanduser().resolve()
+    default_logs = DEFAULT_LOG_PATH if chain_name is None else DEFAULT_REMOTE_LOGS / chain_name
+    logs_dir = (log_path or default_logs).expanduser().resolve()
+    logs_dir.mkdir(parents=True, exist_ok=True)
     container = bootstrap(logs_dir, fault_hook())
     mounts = container.mounts()
     creating = not mounts.logs.exists(LOCAL_CHAIN)
+    replica_header = None
+    if remote is not None and creating:
+        replica_header = _server_header(remote)
+        creating = replica_header is None
     secret = None if (no_auth or G.no_auth) else _passcode(passcode, creating)
     request = MountRequest(
         chain=LOCAL_CHAIN,
@@ -275,8 +330,10 @@ def mount(
         formats=Formats(Format.parse(meta_format.value), Format.parse(data_format.value)),
         uid=uid if uid is not None else os.getuid(),
         gid=gid if gid is not None else os.getgid(),
-        read_only=read_only,
+        read_only=read_only and remote is None,  # a read-only replica still follows the server
         compaction=policy,
+        remote=remote is not None,
+        replica_header=replica_header,
     )
     try:
         mounted = mounts.open(request)
@@ -316,8 +373,27 @@ def mount(
 
     def ready() -> None:
         kind = "unencrypted" if secret is None else "encrypted"
-        typer.echo(f"wasmer-dfs: mounted {kind} file system at {mnt} (log: {logs_dir})", err=True)
+        where = f"{remote}, replica: {logs_dir}" if remote is not None else f"log: {logs_dir}"
+        typer.echo(f"wasmer-dfs: mounted {kind} file system at {mnt} ({where})", err=True)
 
+    replicated = {}
+    if remote is not None:
+        from application.replication import RecoveryMode as Mode
+        from domain.fs.model import ROOT_INO
+        from entrypoints.bootstrap import build_replica
+
+        replication, locks, coordinator = build_replica(mounted, remote, Mode(recovery_mode.value))
+        # A new replica has no tree before its first catch-up with the server: it waits for
+        # it. Otherwise it waits a moment (in async mode not at all), then mounts disconnected.
+        new = ROOT_INO not in mounted.fs.view.inodes
+        mode = Mode(recovery_mode.value)
+        replicated = {
+            "replication": replication,
+            "locks": locks,
+            "on_loop": coordinator.start,
+            "wait_first_sync": new or mode is not Mode.ASYNC,
+            "first_sync_timeout": None if new else FIRST_SYNC_WAIT,
+        }
     try:
         run(
             mounted.fs,
@@ -328,7 +404,10 @@ def mount(
             on_mounted=ready,
             compactor=mounted.compactor if policy.mode is not CompactPolicyMode.NEVER else None,
             unchecked_until=mounted.unchecked_until,
+            **replicated,  # type: ignore[arg-type]
         )
+    except NotSynced as exc:
+        fail(f"stopped before the replica caught up with {remote}: {exc}", 5)
     except PrefixDamaged as exc:
         mounted.save_checkpoint = False  # the next open reads the whole log, and refuses it
         mounted.close()

@@ -1,0 +1,305 @@
+"""The local log of a replica as the replication service sees it (docs/adr/0009): how far the
+server's stream was followed, which local transactions the server has confirmed, which are still
+to go up, and how a streamed transaction is validated, recorded and applied.
+
+All of it is read back from the log at start - ``Origin`` on the seals of streamed
+transactions, ``Uploaded`` markers after confirmed uploads - so a restart neither loses nor
+repeats anything. While mounted it follows the session's commits (``ChainSession.on_commit``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from application.ports import LogRecord, ScannedRecord
+from application.session import ChainIntegrityError, ChainSession
+from domain.chain import (
+    AuthorizationValidator,
+    ChainIndex,
+    Located,
+    SignatureValidator,
+    Transaction,
+    event_key,
+)
+from domain.errors import DomainError
+from domain.events import (
+    EventHeader,
+    LocalSeal,
+    Meta,
+    Origin,
+    Parent,
+    Tombstone,
+    Uploaded,
+    encode_meta,
+    parse_header,
+)
+from domain.hashing import EMPTY_HASH, event_hash, h, transaction_digest
+from domain.wire import CommitRecord, WireRecord
+
+
+@dataclass(frozen=True, slots=True)
+class LocalTx:
+    """A transaction written on this replica that the server has not confirmed yet."""
+
+    start: int  # position of its first record
+    end: int  # position after its seal
+    keys: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """Local transactions merged into one transaction signed for the server."""
+
+    records: list[CommitRecord]
+    upto: int  # the local log position after the last transaction it carries
+    count: int  # how many local transactions it carries
+    first_hash: bytes  # hash of its first event (recognises it in the server's stream)
+    events: int
+
+
+class _Signers:
+    """An authenticator that names signers already established (by the signature check over
+    the whole transaction) for an authorisation check over part of it."""
+
+    def __init__(self, signers: set[bytes]) -> None:
+        self._signers = signers
+
+    def signers(self, index: ChainIndex, tx: Transaction) -> set[bytes]:
+        return self._signers
+
+
+class ReplicaLog:
+    def __init__(self, session: ChainSession) -> None:
+        self.session = session
+        #: the server position this replica has followed its chain to
+        self.remote_cursor = 0
+        #: local transactions before this log position are in the server's chain
+        self.uploaded_upto = 0
+        self._local: deque[LocalTx] = deque()
+        self._busy: Counter[int] = Counter()
+        self._signatures = SignatureValidator(session.crypto.verify)
+        #: hash prefixes of local events the server holds from another writer (not uploaded)
+        self.drop_events: set[bytes] = set()
+        #: called after each local transaction is sealed (the uploader wakes up)
+        self.on_local: Callable[[], None] | None = None
+        self._load()
+        session.on_commit = self._committed
+
+    # -- reading the log -----------------------------------------------------------------------
+    def _groups(self, start: int | None, end: int | None) -> Iterator[list[ScannedRecord]]:
+        group: list[ScannedRecord] = []
+        for rec in self.session.log.scan(start, end):
+            group.append(rec)
+            if rec.commit:
+                yield group
+                group = []
+
+    def _load(self) -> None:
+        log = self.session.log
+        candidates: list[tuple[int, list[ScannedRecord]]] = []
+        end = log.committed_end
+        groups = list(self._groups(None, None))
+        for i, group in enumerate(groups):
+            seal = _parse(group[-1])
+            tx_end = groups[i + 1][0].position if i + 1 < len(groups) else end
+            origin, uploaded = seal.find(Origin), seal.find(Uploaded)
+            if origin is not None:
+                self.remote_cursor = max(self.remote_cursor, origin.end)
+            elif uploaded is not None and seal.find(LocalSeal) is not None:
+                self.uploaded_upto = max(self.uploaded_upto, uploaded.upto)
+                self.remote_cursor = max(self.remote_cursor, uploaded.server_end)
+            elif len(group) > 1:
+                candidates.append((tx_end, group))
+        for tx_end, group in candidates:
+            if tx_end > self.uploaded_upto:
+                keys = frozenset(k for k in (event_key(_parse(r)) for r in group[:-1]) if k)
+                self._add(LocalTx(max(group[0].position, self.uploaded_upto), tx_end, keys))
+
+    def _add(self, tx: LocalTx) -> None:
+        self._local.append(tx)
+        self._busy.update(tx.keys)
+
+    def _committed(self, start: int, end: int, keys: frozenset[int]) -> None:
+        self._add(LocalTx(start, end, keys))
+        if self.on_local is not None:
+            self.on_local()
+
+    # -- what is not confirmed yet --------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Local transactions the server has not confirmed."""
+        return len(self._local)
+
+    def unconfirmed_end(self) -> int:
+        """The log position after the last local transaction (uploaded_upto when none waits)."""
+        return self._local[-1].end if self._local else self.uploaded_upto
+
+    def busy(self, key: int) -> bool:
+        """Whether a local change to object ``key`` is not confirmed yet (sealed or open)."""
+        return self._busy.get(key, 0) > 0 or key in self.session.pending_keys
+
+    # -- up ------------------------------------------------------------------------------------
+    def next_upload(self, max_bytes: int) -> Upload | None:
+        """The next local events (at least one; whole transactions while they fit in about
+        ``max_bytes``, a large transaction in parts) as one transaction signed for the server."""
+        if not self._local:
+            return None
+        log = self.session.log
+        records: list[CommitRecord] = []
+        hashes: list[bytes] = []
+        size = count = 0
+        upto = self.uploaded_upto
+        full = False
+        for tx in self._local:
+            for rec in log.scan(tx.start, tx.end):
+                if rec.commit:
+                    continue
+                rsize = len(rec.meta) + (rec.data.length if rec.data is not None else 0)
+                if records and size + rsize > max_bytes:
+                    upto, full = rec.position, True  # the rest of this transaction goes next
+                    break
+                dh = rec.data.data_hash if rec.data is not None else EMPTY_HASH
+                eh = event_hash(h(rec.meta), dh)
+                if self.drop_events and eh[:8] in self.drop_events:
+                    continue
+                data = log.read_data(rec.data) if rec.data is not None else None
+                records.append(CommitRecord(rec.meta, rec.fmt, data))
+                hashes.append(eh)
+                size += rsize
+            else:
+                upto, count = tx.end, count + 1
+            if full or size >= max_bytes:
+                break
+        if not records:
+            # nothing left to send (every event dropped): only the position moves on
+            return Upload([], upto, count, b"", 0) if upto > self.uploaded_upto else None
+        digest = transaction_digest(self.session.header.chain_id, hashes)
+        seal = self.session.signed_seal(digest)
+        fmt = self.session.formats.meta
+        records.append(CommitRecord(encode_meta(seal, fmt), int(fmt)))
+        return Upload(records, upto, count, hashes[0], len(hashes))
+
+    def mark_uploaded(self, upto: int, server_end: int) -> None:
+        """Local transactions up to ``upto`` are in the server's chain (which then ended at
+        ``server_end``; -1: not known): recorded in the log, so a restart does not repeat
+        them."""
+        while self._local and self._local[0].end <= upto:
+            self._busy.subtract(self._local.popleft().keys)
+        self._busy = +self._busy
+        if self._local and self._local[0].start < upto:  # a large transaction, partly up
+            head = self._local[0]
+            self._local[0] = LocalTx(upto, head.end, head.keys)
+        self.uploaded_upto = max(self.uploaded_upto, upto)
+        if server_end >= 0:
+            self.remote_cursor = max(self.remote_cursor, server_end)
+        self.session.append_marker([Uploaded(upto, server_end)])
+
+    def note_remote_position(self, position: int) -> None:
+        self.remote_cursor = max(self.remote_cursor, position)
+
+    def own_upload(self, headers: Sequence[EventHeader]) -> int | None:
+        """When a streamed transaction is one this replica uploaded (the stream of a new
+        connection carries what an earlier one committed without seeing its confirmation):
+        the local position up to which it reaches; None when it is someone else's."""
+        if not self._local or not headers:
+            return None
+        log = self.session.log
+        want = [hd.hash for hd in headers]
+        got: list[bytes] = []
+        for tx in self._local:
+            for rec in log.scan(tx.start, tx.end):
+                if len(got) == len(want):
+                    return tx.end if rec.commit else rec.position
+                if rec.commit:
+                    continue
+                dh = rec.data.data_hash if rec.data is not None else EMPTY_HASH
+                got.append(event_hash(h(rec.meta), dh))
+                if got[-1] != want[len(got) - 1]:
+                    return None
+        return None
+
+    # -- down ----------------------------------------------------------------------------------
+    def validate_remote(self, records: Sequence[WireRecord]) -> list[EventHeader]:
+        """The headers of a streamed transaction (events, then seal), checked as a replica
+        checks what comes from the wire: well formed, no local seal, no replica bookkeeping,
+        every signature valid for this chain."""
+        if not records or not records[-1].commit or records[-1].data is not None:
+            raise ChainIntegrityError("the server streamed a transaction without its seal")
+        try:
+            headers = [_wire_header(r) for r in records]
+        except DomainError as exc:
+            raise ChainIntegrityError(f"the server streamed a malformed event: {exc}") from None
+        for hd in headers:
+            if hd.find(LocalSeal) or hd.find(Origin) or hd.find(Uploaded):
+                raise ChainIntegrityError(
+                    "the server streamed a local seal or replica bookkeeping: refused"
+                )
+        return headers
+
+    def append_remote(
+        self, records: Sequence[WireRecord], headers: Sequence[EventHeader], end: int
+    ) -> Transaction:
+        """Record a streamed transaction with its server position and apply it, except to the
+        objects this replica changed and the server has not confirmed (the server orders that
+        change after this one) and to objects whose parent this replica no longer has.
+        ``ChainIntegrityError`` when its signatures or authorisation do not hold."""
+        session = self.session
+        index = session.index
+        events = tuple(Located(hd, None) for hd in headers[:-1])
+        whole = Transaction(events, headers[-1])
+        try:
+            signers = self._signatures.signers(index, whole)
+        except DomainError as exc:
+            raise ChainIntegrityError(f"the server streamed a forged transaction: {exc}") from None
+        skipped = self._skipped(index, headers[:-1])
+        seal_meta: list[Meta] = [*headers[-1].meta, Origin(end, sorted(skipped))]
+        seal = EventHeader(
+            meta=tuple(seal_meta), meta_bytes=b"", data_hash=EMPTY_HASH, fmt=headers[-1].fmt
+        )
+        try:
+            AuthorizationValidator([_Signers(signers)]).validate(index, Transaction(events, seal))
+        except DomainError as exc:
+            raise ChainIntegrityError(
+                f"the server streamed an unauthorised transaction: {exc}"
+            ) from None
+        recs = [
+            (LogRecord(r.meta, r.fmt, r.data, False, hd.data_hash), hd)
+            for r, hd in zip(records[:-1], headers[:-1], strict=True)
+        ]
+        tx = session.append_foreign(recs, seal_meta)
+        self.remote_cursor = max(self.remote_cursor, end)
+        return tx
+
+    def _skipped(self, index: ChainIndex, headers: Sequence[EventHeader]) -> set[int]:
+        skipped: set[int] = set()
+        made: set[int] = set()
+        for hd in headers:
+            key = event_key(hd)
+            if key is None:
+                continue
+            parent = hd.find(Parent)
+            orphan = (
+                hd.find(Tombstone) is None
+                and parent is not None
+                and parent.parent not in made
+                and (parent.parent in skipped or parent.parent not in index.objects)
+            )
+            if self.busy(key) or orphan:
+                skipped.add(key)
+            else:
+                made.add(key)
+        return skipped
+
+
+def _parse(rec: ScannedRecord) -> EventHeader:
+    try:
+        return parse_header(rec.meta, rec.fmt, rec.data.data_hash if rec.data else EMPTY_HASH)
+    except DomainError as exc:
+        raise ChainIntegrityError(f"record at offset {rec.position}: {exc}") from None
+
+
+def _wire_header(rec: WireRecord | CommitRecord) -> EventHeader:
+    data = rec.data
+    return parse_header(rec.meta, rec.fmt, h(data) if data is not None else EMPTY_HASH)

@@ -1,0 +1,479 @@
+"""Replication of a mounted chain through a chain server (docs/adr/0009).
+
+The mount keeps reading and writing its local replica; this service - one asyncio task beside
+the FUSE loop - keeps the replica and the server's chain in step:
+
+* **down**: it subscribes from the last server position it holds, validates every streamed
+  transaction as a replica does (signatures and authorisation; a local seal is never a proof
+  from the wire), appends it to the local log with its server position (``Origin``), applies it
+  and invalidates what the kernel cached of what it changed;
+* **up**: local transactions (sealed locally, ADR 0004) are merged into batches, re-sealed with
+  one ML-DSA signature per batch and committed; the server's ``Confirmed`` is recorded in the
+  log (``Uploaded``) so that a restart neither loses nor repeats an upload;
+* **order**: the server's order decides. A streamed write to an object this replica changed and
+  the server has not confirmed yet is ordered *before* that change, so it is recorded but not
+  applied to that object; every replica ends with the later write.
+
+The recovery modes of the manual decide what waits for the server and what a disconnected mount
+may still do (``RecoveryMode``).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import enum
+import errno
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from application.filesystem import FileSystemService
+from application.locks import ReplicaSync
+from application.replica_log import ReplicaLog
+from application.session import ChainIntegrityError, ChainSession
+from domain.chain import Transaction, event_key
+from domain.events import EventHeader, Parent, Type
+from domain.fs.model import TYPE_DENTRY, TYPE_INODE, FsError
+from domain.wire import (
+    CommitRecord,
+    Confirmed,
+    EndOfHistory,
+    Events,
+    Fatal,
+    ReadOnly,
+    ServerMessage,
+    WireRecord,
+)
+
+log = logging.getLogger("wasmer_dfs.replication")
+_ALREADY = re.compile(r"event ([0-9a-f]{16}) is already in the chain")
+
+
+class RecoveryMode(enum.StrEnum):
+    ASYNC = "async"
+    READONLY_ASYNC = "readonly-async"
+    READONLY_SYNC = "readonly-sync"
+    SYNC = "sync"
+
+    @property
+    def metadata_waits(self) -> bool:
+        """Whether a metadata change waits for the server's confirmation."""
+        return self is not RecoveryMode.ASYNC
+
+    @property
+    def data_waits(self) -> bool:
+        """Whether written data waits for the server's confirmation (at flush, fsync, close)."""
+        return self in (RecoveryMode.READONLY_SYNC, RecoveryMode.SYNC)
+
+    @property
+    def offline_errno(self) -> int | None:
+        """The error of a write while disconnected (None: writes go on locally)."""
+        if self is RecoveryMode.ASYNC:
+            return None
+        return errno.ENOTCONN if self is RecoveryMode.SYNC else errno.EROFS
+
+
+# --- ports ------------------------------------------------------------------------------------
+class RemoteError(Exception):
+    """The connection to the chain server failed or ended (the message says why)."""
+
+
+class RemoteRefused(RemoteError):
+    """The server answered, and refused (a wrong chain name, no common protocol version...)."""
+
+
+class CommitRejected(RemoteError):
+    """The server refused a transaction (``reason`` says why)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RemoteChain(abc.ABC):
+    """Port: one connection to a chain on a chain server."""
+
+    @property
+    @abc.abstractmethod
+    def header(self) -> bytes | None:
+        """The chain's header body as the server holds it (None: the chain does not exist)."""
+
+    @abc.abstractmethod
+    async def subscribe(self, from_position: int) -> None: ...
+
+    @abc.abstractmethod
+    async def next(self) -> ServerMessage:
+        """The next message of the stream; ``RemoteError`` when the connection ended."""
+
+    @abc.abstractmethod
+    async def commit(self, records: Sequence[CommitRecord]) -> Confirmed:
+        """Commit one transaction and wait for the server's fsync; ``CommitRejected``."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class RemoteConnector(abc.ABC):
+    """Port: opens connections to the chain server of one chain URL."""
+
+    @abc.abstractmethod
+    async def connect(self, header: bytes | None) -> RemoteChain:
+        """Connect and say hello (``header``: the chain's header body, to create or check the
+        chain); ``RemoteError`` when the server cannot be reached or refuses."""
+
+
+class KernelCache(abc.ABC):
+    """Port: what the kernel cached of the mount, to forget after a remote change."""
+
+    @abc.abstractmethod
+    async def invalidate(self, inodes: set[int], entries: set[tuple[int, bytes]]) -> None:
+        """Forget the attributes and data of ``inodes`` and the names ``(directory, name)``."""
+
+
+# --- the service ------------------------------------------------------------------------------
+@dataclass(slots=True)
+class ReplicationStats:
+    applied: int = 0  # streamed transactions applied
+    uploaded: int = 0  # upload batches confirmed
+    shadowed: int = 0  # streamed events not applied (a local change to the object follows)
+    reconnects: int = 0
+    rejected: int = 0  # uploads the server refused
+
+
+@dataclass(slots=True)
+class ReplicationState:
+    connected: bool = False
+    #: the server's history up to the subscription has been applied (this connection)
+    synced: bool = False
+    last_error: str = ""
+    stats: ReplicationStats = field(default_factory=ReplicationStats)
+
+
+class ReplicationService(ReplicaSync):
+    BACKOFF = (0.2, 5.0)
+    UPLOAD_BATCH_BYTES = 4 * 1024 * 1024
+
+    def __init__(
+        self,
+        session: ChainSession,
+        replica: ReplicaLog,
+        fs: FileSystemService,
+        connector: RemoteConnector,
+        mode: RecoveryMode,
+        *,
+        on_synced: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_synced`` runs once, after the first complete catch-up with the server."""
+        self.session = session
+        self.replica = replica
+        self.fs = fs
+        self.connector = connector
+        self.mode = mode
+        self.kernel: KernelCache | None = None
+        self.state = ReplicationState()
+        self._on_synced = on_synced
+        self._remote: RemoteChain | None = None
+        self._changed = asyncio.Condition()
+        self._wake_upload = asyncio.Event()
+        self._ever_synced = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._stopping = False
+        self._in_flight: int | None = None
+        replica.on_local = self.local_changed
+        fs.replicated = True
+        self._resynced: set[str] = set()
+
+    # -- what the file system asks ---------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Raise the mode's error when a write must fail because the server is unreachable."""
+        if not self.state.connected:
+            code = self.mode.offline_errno
+            if code is not None:
+                raise FsError(code, "the chain server is not reachable")
+
+    def local_changed(self) -> None:
+        """A local transaction was sealed: upload it soon."""
+        self._wake_upload.set()
+
+    async def after_metadata(self) -> None:
+        if self.mode.metadata_waits:
+            await self._wait_confirmed(give_up_offline=True)
+
+    async def after_data(self) -> None:
+        if self.mode.data_waits:
+            await self._wait_confirmed(give_up_offline=True)
+
+    async def _wait_confirmed(self, *, give_up_offline: bool) -> None:
+        """Seal what is pending and wait until the server confirmed every local transaction."""
+        self.fs.flush_all()
+        self.session.commit()
+        target = self.replica.unconfirmed_end()
+        self._wake_upload.set()
+        async with self._changed:
+            while self.replica.uploaded_upto < target:
+                if give_up_offline and not self.state.connected:
+                    code = self.mode.offline_errno
+                    raise FsError(code or errno.EIO, "the chain server is not reachable")
+                await self._changed.wait()
+
+    # ReplicaSync (coherence under locks)
+    async def flush_confirmed(self) -> int:
+        await self._wait_confirmed(give_up_offline=False)
+        return self.replica.remote_cursor
+
+    async def wait_applied(self, position: int) -> None:
+        async with self._changed:
+            while self.replica.remote_cursor < position:
+                await self._changed.wait()
+
+    @property
+    def has_synced(self) -> bool:
+        """Whether the replica has caught up with the server at least once."""
+        return self._ever_synced.is_set()
+
+    async def wait_synced(self, timeout: float | None = None) -> bool:
+        """Wait for the first complete catch-up with the server (False on timeout)."""
+        try:
+            await asyncio.wait_for(self._ever_synced.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        backoff = self.BACKOFF[0]
+        while not self._stopping:
+            try:
+                await self._connection()
+            except asyncio.CancelledError:
+                raise
+            except (RemoteError, OSError) as exc:
+                self.state.last_error = str(exc)
+                log.warning("chain server: %s (retrying in %.1f s)", exc, backoff)
+            except ChainIntegrityError as exc:
+                self.state.last_error = str(exc)
+                log.error(
+                    "refused what the chain server sent: %s (retrying in %.1f s)", exc, backoff
+                )
+            except Exception as exc:  # a bug must not end replication: log it and retry
+                self.state.last_error = str(exc)
+                log.exception("replication failed (retrying in %.1f s)", backoff)
+            finally:
+                await self._disconnected()
+            if self._stopping:
+                break
+            if self.state.synced:
+                backoff = self.BACKOFF[0]
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.BACKOFF[1])
+            self.state.stats.reconnects += 1
+
+    async def stop(self) -> None:
+        self._stopping = True
+        remote = self._remote
+        if remote is not None:
+            await remote.close()
+
+    async def _disconnected(self) -> None:
+        self.state.connected = False
+        self._in_flight = None
+        remote, self._remote = self._remote, None
+        if remote is not None:
+            with contextlib.suppress(Exception):
+                await remote.close()
+        await self._notify()
+
+    async def _connection(self) -> None:
+        remote = await self.connector.connect(self.session.header.encode())
+        self._remote = remote
+        self.state.synced = False
+        if remote.header is None:
+            await self._create_chain(remote)
+        await remote.subscribe(self.replica.remote_cursor)
+        self.state.connected = True
+        await self._notify()
+        down = asyncio.create_task(self._download_loop(remote))
+        up = asyncio.create_task(self._upload_loop(remote))
+        try:
+            done, _ = await asyncio.wait((down, up), return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # the error that ended this connection
+        finally:
+            for task in (down, up):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _create_chain(self, remote: RemoteChain) -> None:
+        """The server does not hold the chain: this replica's history creates it there (its
+        first transaction, signed by the chain's root key, is the genesis)."""
+        if self.replica.remote_cursor > 0 or self.replica.uploaded_upto > 0:
+            raise RemoteError(
+                "the chain server no longer holds this chain, which this replica had followed:"
+                " refusing to recreate it (move the local log aside to start a new chain)"
+            )
+        batch = self.replica.next_upload(self.UPLOAD_BATCH_BYTES)
+        if batch is None:
+            raise RemoteError("the server does not hold this chain and this replica is empty")
+        try:
+            confirmed = await remote.commit(batch.records)
+        except CommitRejected as exc:
+            raise RemoteError(f"the server refused to create the chain: {exc.reason}") from None
+        self.replica.mark_uploaded(batch.upto, confirmed.end)
+        self.state.stats.uploaded += 1
+        log.info("created the chain on the server (%d events)", batch.events)
+
+    # -- down ------------------------------------------------------------------------------------
+    async def _download_loop(self, remote: RemoteChain) -> None:
+        pending: list[WireRecord] = []
+        while True:
+            msg = await remote.next()
+            if isinstance(msg, Events):
+                recs = msg.records
+                for i, rec in enumerate(recs):
+                    pending.append(rec)
+                    if rec.commit:
+                        end = recs[i + 1].position if i + 1 < len(recs) else msg.end
+                        await self._remote_transaction(pending, end)
+                        pending = []
+            elif isinstance(msg, EndOfHistory):
+                self.replica.note_remote_position(msg.position)
+                self.state.synced = True
+                if not self._ever_synced.is_set():
+                    self._first_sync()
+                self._wake_upload.set()
+                await self._notify()
+            elif isinstance(msg, Confirmed):
+                await self._confirmed(msg)
+            elif isinstance(msg, ReadOnly):
+                log.warning("the chain server is read-only: %s", msg.reason)
+            elif isinstance(msg, Fatal):
+                raise RemoteError(f"the chain server ended the connection: {msg.reason}")
+
+    def _first_sync(self) -> None:
+        if self.session.encrypted and not self.session.can_sign:
+            self.session.load_signing_key()
+        self._ever_synced.set()
+        if self._on_synced is not None:
+            self._on_synced()
+
+    async def _remote_transaction(self, records: list[WireRecord], end: int) -> None:
+        headers = self.replica.validate_remote(records)
+        if len(headers) == 1:
+            self.replica.note_remote_position(end)  # an attestation of another replica's head
+            await self._notify()
+            return
+        upto = self.replica.own_upload(headers[:-1])
+        if upto is not None:
+            # ours, committed by an earlier connection that did not see its confirmation
+            self.replica.mark_uploaded(upto, end)
+            await self._notify()
+            return
+        before = self._names(headers)
+        tx = self.replica.append_remote(records, headers, end)
+        self.state.stats.applied += 1
+        self.state.stats.shadowed += len(tx.events) - len(tx.applied)
+        if tx.applied:
+            await self._invalidate(tx, before)
+        await self._notify()
+
+    def _names(self, headers: Sequence[EventHeader]) -> set[tuple[int, bytes]]:
+        """The names (directory, name) the dentries of a transaction have before it applies."""
+        out: set[tuple[int, bytes]] = set()
+        for hd in headers:
+            key = event_key(hd)
+            if key is not None:
+                d = self.fs.view.dentries.get(key)
+                if d is not None:
+                    out.add((d[0], d[1]))
+        return out
+
+    async def _invalidate(self, tx: Transaction, before: set[tuple[int, bytes]]) -> None:
+        view = self.fs.view
+        entries = set(before)
+        inodes: set[int] = {parent for parent, _ in before}
+        for ev in tx.applied:
+            hd = ev.header
+            key = event_key(hd)
+            if key is None:
+                continue
+            typ = hd.find(Type)
+            parent = hd.find(Parent)
+            if typ is not None and typ.name == TYPE_DENTRY:
+                d = view.dentries.get(key)
+                if d is not None:
+                    entries.add((d[0], d[1]))
+                    inodes.add(d[0])
+                    inodes.add(d[2])
+                elif parent is not None:
+                    inodes.add(parent.parent)
+            elif typ is not None and typ.name == TYPE_INODE:
+                inodes.add(key)
+            elif parent is not None:
+                inodes.add(parent.parent)  # a page or the extended attributes of an inode
+        for ino in inodes:
+            self.fs.forget_cached(ino)
+        if self.kernel is not None:
+            await self.kernel.invalidate(inodes, entries)
+
+    # -- up --------------------------------------------------------------------------------------
+    async def _upload_loop(self, remote: RemoteChain) -> None:
+        while not self.state.synced:  # what an earlier connection committed shows up first
+            async with self._changed:
+                await self._changed.wait()
+        while True:
+            self._wake_upload.clear()
+            batch = self.replica.next_upload(self.UPLOAD_BATCH_BYTES)
+            if batch is None:
+                await self._wake_upload.wait()
+                continue
+            if not batch.records:
+                self.replica.mark_uploaded(batch.upto, -1)
+                await self._notify()
+                continue
+            self._in_flight = batch.upto
+            try:
+                await remote.commit(batch.records)
+            except CommitRejected as exc:
+                self._in_flight = None
+                already = _ALREADY.search(exc.reason)
+                if already is not None:
+                    event = already.group(1)
+                    if event not in self._resynced:
+                        # a copy reached the server, its confirmation did not: the stream of a
+                        # new connection recognises it (own_upload)
+                        self._resynced.add(event)
+                        raise RemoteError(f"resynchronising: {exc.reason}") from None
+                    # an equal event of another writer is in the chain: its effect is there,
+                    # the copy is left out of the upload
+                    log.warning("event %s is in the chain already: not uploaded again", event)
+                    self.replica.drop_events.add(bytes.fromhex(event))
+                    continue
+                log.error("the chain server refused local changes (kept here only): %s", exc.reason)
+                self.state.last_error = exc.reason
+                self.state.stats.rejected += 1
+                self.replica.mark_uploaded(batch.upto, -1)
+                await self._notify()
+                continue
+            # The upload counts once the stream reaches its Confirmed: what the server ordered
+            # before it has been applied (or shadowed) by then, so releasing our claim on the
+            # objects can never reorder anything.
+            async with self._changed:
+                while self.replica.uploaded_upto < batch.upto:
+                    await self._changed.wait()
+
+    async def _confirmed(self, msg: Confirmed) -> None:
+        upto, self._in_flight = self._in_flight, None
+        if upto is not None:
+            self.replica.mark_uploaded(upto, msg.end)
+            self.state.stats.uploaded += 1
+        else:
+            self.replica.note_remote_position(msg.end)
+        await self._notify()
