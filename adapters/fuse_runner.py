@@ -32,6 +32,9 @@ log = logging.getLogger("wasmer_dfs.fuse")
 TICK_SECONDS = 0.25
 IDLE_COMMIT_SECONDS = 1.0
 COMPACT_CHECK_SECONDS = 1.0
+#: a due compaction waits while the log grows faster than this (bytes/s), at most this long
+COMPACT_BUSY_BYTES = 8 * 1024 * 1024
+COMPACT_OVERDUE_SECONDS = 60.0
 #: Kernel read-ahead for the mount (KiB). FUSE starts at 128 KiB, so a sequential read arrives as
 #: 128 KiB requests; 1 MiB (the largest request the kernel sends) quarters their number.
 READ_AHEAD_KB = 1024
@@ -161,9 +164,7 @@ async def _first_sync(replication: ReplicationService, timeout: float | None) ->
     try:
         synced = asyncio.create_task(replication.wait_synced())
         stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait(
-            (synced, stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait((synced, stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for t in (synced, stopped):
             t.cancel()
         if timeout is not None and not stopped.done():
@@ -219,16 +220,31 @@ async def _scrub(service: FileSystemService, until: int, failures: list[str]) ->
     log.debug("checked the %d records before the checkpoint", n)
 
 
-async def _compaction_checks(compactor: Compactor) -> None:
+async def _compaction_checks(compactor: Compactor, clock: Callable[[], float]) -> None:
+    """Compact when the policy says so - but not while bulk writes stream in (a compaction
+    would compete with the writer for both cores and the GIL, and copy what is still being
+    written), unless it has been due for long."""
+    due_since: float | None = None
+    last_size = compactor.session.log.size()
     while True:
         await asyncio.sleep(COMPACT_CHECK_SECONDS)
         try:
+            size = compactor.session.log.size()
+            growth, last_size = size - last_size, size
             due = compactor.due()
         except Exception:
             log.exception("compaction check failed")
             continue
-        if due:
+        if not due:
+            due_since = None
+            continue
+        now = clock()
+        due_since = now if due_since is None else due_since
+        busy = growth > COMPACT_BUSY_BYTES * COMPACT_CHECK_SECONDS
+        if not busy or now - due_since >= COMPACT_OVERDUE_SECONDS:
+            due_since = None
             await compact_in_background(compactor)
+            last_size = compactor.session.log.size()
 
 
 def run(
@@ -259,9 +275,7 @@ def run(
 
     async def main() -> None:
         on_loop()
-        replicating = (
-            asyncio.create_task(replication.run()) if replication is not None else None
-        )
+        replicating = asyncio.create_task(replication.run()) if replication is not None else None
         try:
             if replication is not None and wait_first_sync:
                 await _first_sync(replication, first_sync_timeout)
@@ -293,7 +307,9 @@ def run(
         if not read_only:
             tasks.append(asyncio.create_task(_ticker(service)))
             if compactor is not None:
-                tasks.append(asyncio.create_task(_compaction_checks(compactor)))
+                tasks.append(
+                    asyncio.create_task(_compaction_checks(compactor, service.clock.monotonic))
+                )
         if unchecked_until is not None:
             tasks.append(asyncio.create_task(_scrub(service, unchecked_until, failures)))
         try:
