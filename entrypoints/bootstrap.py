@@ -15,6 +15,7 @@ from adapters.system import disk_space
 from application.chain_server import ChainServer, ServerConfig
 from application.compaction import Hook
 from application.mount import MountService
+from application.ports import Clock
 from application.repair import Repairer
 
 if TYPE_CHECKING:
@@ -40,11 +41,14 @@ class Container(containers.DeclarativeContainer):
     repairer = providers.Factory(Repairer, logs=logs, crypto=crypto, clock=clock, hook=hook)
 
 
-def bootstrap(log_path: Path, hook: Hook | None = None) -> Container:
-    """``hook`` observes every step of compaction and repair (tests inject crashes with it)."""
+def bootstrap(log_path: Path, hook: Hook | None = None, clock: Clock | None = None) -> Container:
+    """``hook`` observes every step of compaction and repair (tests inject crashes with it);
+    ``clock`` replaces the system clock (an NTP-synchronised one, adapters/ntp.py)."""
     container = Container()
     container.config.from_dict({"log_path": str(log_path)})
     container.hook.override(providers.Object(hook))
+    if clock is not None:
+        container.clock.override(providers.Object(clock))
     container.check_dependencies()
     return container
 

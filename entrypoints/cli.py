@@ -18,7 +18,7 @@ import typer
 
 from application.compaction import CompactionError, Hook
 from application.mount import Mounted, MountRequest
-from application.ports import LogError
+from application.ports import Clock, LogError, Resolver
 from application.repair import Repairer
 from application.session import Formats, SessionError
 from domain.compaction import CompactMode as CompactPolicyMode
@@ -67,6 +67,11 @@ class _Globals:
     debug = False
     verbose = 0
     no_auth = False
+    no_ntp = False
+    ntp_pool: str | None = None
+    ntp_port: int | None = None
+    dns_server: str | None = None
+    dns_sec = False
 
 
 G = _Globals()
@@ -90,13 +95,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", "-d", help="Logs debug info to the console")] = False,
-    dns_sec: Annotated[bool, typer.Option("--dns-sec", help="Use DNSSec rather than plain DNS (remote chains: not yet)")] = False,
+    dns_sec: Annotated[bool, typer.Option("--dns-sec", help="Use DNSSec rather than plain DNS: answers about the chain server's host must be DNSSEC-validated (needs --dns-server)")] = False,
     no_auth: Annotated[bool, typer.Option("--no-auth", "-n", help="No authentication or passcode: the file system is NOT encrypted and anyone who reads its log reads its files")] = False,
     no_ntp: Annotated[bool, typer.Option("--no-ntp", help="Do not use NTP; the local clock stamps events")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Sets the level of log verbosity, can be used multiple times")] = 0,
     version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Prints version information")] = False,
     auth: Annotated[str, typer.Option("--auth", "-a", help="URL where the user is authenticated")] = "ws://wasmer.sh/auth",
-    dns_server: Annotated[str, typer.Option("--dns-server", help="Address that DNS queries will be sent to")] = "8.8.8.8",
+    dns_server: Annotated[str | None, typer.Option("--dns-server", help="Address (IP[:PORT]) that DNS queries for the chain server's host will be sent to, e.g. 8.8.8.8 [default: the system's resolver]")] = None,
     ntp_pool: Annotated[str | None, typer.Option("--ntp-pool", help="NTP server address that the file-system will synchronize with")] = None,
     ntp_port: Annotated[int | None, typer.Option("--ntp-port", help="NTP server port that the file-system will synchronize with")] = None,
     token: Annotated[str | None, typer.Option("--token", "-t", help="Token used to access your encrypted file-system (users and tokens: not yet)")] = None,
@@ -105,6 +110,10 @@ def main_options(
 ) -> None:  # fmt: skip
     """ATE File System: an encrypted, distributed, event-sourced FUSE file system."""
     G.debug, G.verbose, G.no_auth = debug, verbose, no_auth
+    G.no_ntp, G.ntp_pool, G.ntp_port = no_ntp, ntp_pool, ntp_port
+    G.dns_server, G.dns_sec = dns_server, dns_sec
+    if ntp_port is not None and not 0 < ntp_port < 65536:
+        fail("--ntp-port must be 1 to 65535", 2)
     level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="wasmer-dfs: %(levelname)s: %(name)s: %(message)s")
     if wire_encryption is not None and wire_encryption not in (128, 192, 256):
@@ -187,6 +196,41 @@ def _chain_of(url: str) -> str:
     if "/" in name or name in (".", "..") or "\0" in name:
         fail(f"{name!r} is not a chain name (no '/', not '.' or '..')", 2)
     return name
+
+
+def _resolver() -> Resolver:
+    from adapters.dns import make_resolver
+
+    try:
+        return make_resolver(G.dns_server, G.dns_sec)
+    except ValueError as exc:
+        fail(str(exc), 2)
+
+
+def _clock(resolver: Resolver) -> Clock:
+    """The clock that stamps events: NTP-synchronised with --ntp-pool (unless --no-ntp)."""
+    from adapters.ntp import make_clock
+
+    return make_clock(G.no_ntp, G.ntp_pool, G.ntp_port, resolver)
+
+
+def _resolved(url: str, resolver: Resolver) -> str:
+    """``url`` with its host name replaced by an address from ``resolver`` (the DNS port)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from application.ports import ResolveError
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    try:
+        addr = resolver.resolve(host, port)[0][0]
+    except ResolveError as exc:
+        fail(f"cannot resolve {host!r}: {exc}", 3)
+    if addr == host:
+        return url
+    netloc = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _server_header(url: str) -> bytes | None:
@@ -316,7 +360,10 @@ def mount(
     default_logs = DEFAULT_LOG_PATH if chain_name is None else DEFAULT_REMOTE_LOGS / chain_name
     logs_dir = (log_path or default_logs).expanduser().resolve()
     logs_dir.mkdir(parents=True, exist_ok=True)
-    container = bootstrap(logs_dir, fault_hook())
+    resolver = _resolver()
+    if remote is not None:
+        remote = _resolved(remote, resolver)
+    container = bootstrap(logs_dir, fault_hook(), clock=_clock(resolver))
     mounts = container.mounts()
     creating = not mounts.logs.exists(LOCAL_CHAIN)
     replica_header = None
@@ -383,9 +430,10 @@ def mount(
         from entrypoints.bootstrap import build_replica
 
         replication, locks, coordinator = build_replica(mounted, remote, Mode(recovery_mode.value))
-        # A new replica has no tree before its first catch-up with the server: it waits for
-        # it. Otherwise it waits a moment (in async mode not at all), then mounts disconnected.
-        new = ROOT_INO not in mounted.fs.view.inodes
+        # A new replica has no tree before its first catch-up with the server, and a new chain
+        # exists only once the server holds it: both wait for that. Otherwise the mount waits a
+        # moment (in async mode not at all), then mounts disconnected.
+        new = ROOT_INO not in mounted.fs.view.inodes or mounted.created
         mode = Mode(recovery_mode.value)
         replicated = {
             "replication": replication,

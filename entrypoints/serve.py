@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from application.chain_server import ServerConfig
+from application.lock_server import LockConfig
 from domain.wire import BATCH_BYTES, BATCH_EVENTS, MAX_FRAME, ServerLimits
 
 if TYPE_CHECKING:  # the adapters load when the server is built, not with the CLI
@@ -71,6 +72,8 @@ def serve(
     send_timeout: Annotated[float, typer.Option("--send-timeout", help="Seconds a frame may take to reach a client before it is disconnected as too slow")] = 30.0,  # noqa: E501
     read_only: Annotated[bool, typer.Option("--read-only", help="Serve the chains but refuse every commit")] = False,  # noqa: E501
     no_create: Annotated[bool, typer.Option("--no-create", help="Refuse to create chains that do not exist")] = False,  # noqa: E501
+    lock_lease: Annotated[float, typer.Option("--lock-lease", help="Seconds after a client's last message before its file locks are freed")] = 10.0,  # noqa: E501
+    lock_grace: Annotated[float | None, typer.Option("--lock-grace", help="Seconds after a start during which only locks held before are granted again (default: the lease)")] = None,  # noqa: E501
 ) -> None:  # fmt: skip
     """Run a chain server: many chains, each at ws://HOST:PORT/db/NAME. It validates every event
     (format, signatures, authorisation, timestamps) and never holds a key that decrypts."""
@@ -79,7 +82,10 @@ def serve(
     except ValueError as exc:
         typer.echo(f"wasmer-dfs: error: {exc}", err=True)
         raise typer.Exit(2) from None
-    if clock_tolerance < 0 or max_frame < 64 * 1024 or max_lag < 0 or send_timeout <= 0:
+    if (
+        clock_tolerance < 0 or max_frame < 64 * 1024 or max_lag < 0 or send_timeout <= 0
+        or lock_lease <= 0 or (lock_grace is not None and lock_grace < 0)
+    ):  # fmt: skip
         typer.echo("wasmer-dfs: error: a limit is out of range", err=True)
         raise typer.Exit(2)
     limits = ServerLimits(
@@ -94,6 +100,7 @@ def serve(
         send_timeout=send_timeout,
         create_chains=not no_create,
         read_only=read_only,
+        locks=LockConfig(lease=lock_lease, grace=lock_grace),
     )
     server = build_server(data_dir, config, host, port)
     try:

@@ -334,11 +334,22 @@ def test_not_implemented_commands(mounter: Mounter, args: tuple[str, ...]) -> No
     assert "Traceback" not in r.stderr
 
 
-def test_remote_mount_not_implemented(mounter: Mounter) -> None:
+@pytest.mark.parametrize(
+    ("url", "extra", "says"),
+    [
+        ("http://127.0.0.1:5000/db/x", (), "not a chain URL"),
+        ("ws://127.0.0.1:5000/x", (), "not a chain URL"),
+        ("ws://127.0.0.1:5000/db/a/b", (), "not a chain name"),
+        ("ws://127.0.0.1:5000/db/x", ("--compact-now",), "not implemented"),
+    ],
+)
+def test_bad_remote_mounts_fail_cleanly(
+    mounter: Mounter, url: str, extra: tuple[str, ...], says: str
+) -> None:
     mnt, logdir = mounter.dirs()
-    out = mounter.attempt(mnt, "ws://127.0.0.1:5000/db/x", passcode=PW_A)
+    out = mounter.attempt(mnt, url, str(logdir), *extra, passcode=PW_A)
     assert_clean_failure(out)
-    assert "not implemented" in out.stderr, out.stderr
+    assert says in out.stderr, out.stderr
     assert not any(logdir.iterdir())
 
 

@@ -10,9 +10,6 @@ flock and fcntl on both mounts.
 * coherence: what A wrote before unlocking, B reads after locking;
 * two processes on two mounts insert into one SQLite database (rollback journal): every row is
   there and ``PRAGMA integrity_check`` is ok.
-
-Skipped while `wasmer-dfs mount MNT ws://...` answers "not implemented" (the replicated mount is
-being finished); once it mounts, these tests must pass.
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.locktools import ThreadServer, shells, wait_until
-from tests.mount.conftest import DEFAULT_PASSCODE, MOUNT_TIMEOUT, wasmer_dfs_exe
+from tests.mount.conftest import MOUNT_TIMEOUT
 
 if TYPE_CHECKING:
     from tests.mount.conftest import Mounter, MountProc
@@ -41,43 +38,8 @@ LEASE = 2.0
 pytestmark = [pytest.mark.timeout(300)]
 
 
-def _remote_mount_missing(tmp: Path) -> str | None:
-    """Why remote mounts cannot be tested yet (None: `mount MNT ws://...` is implemented)."""
-    mnt, log = tmp / "probe-mnt", tmp / "probe-log"
-    mnt.mkdir(parents=True, exist_ok=True)
-    log.mkdir(parents=True, exist_ok=True)
-    cmd = [wasmer_dfs_exe(), "mount", str(mnt), "ws://127.0.0.1:9/db/probe", str(log)]
-    proc = subprocess.Popen(
-        [*cmd, "--passcode", DEFAULT_PASSCODE],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        return None  # it runs (retrying the unreachable server): implemented
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True, check=False)
-    text = out.decode(errors="replace")
-    if "not implemented" in text:
-        return f"`wasmer-dfs mount MNT ws://...` is not implemented yet: {text.strip()}"
-    return None
-
-
-@pytest.fixture(scope="module")
-def remote_mounts_work(tmp_path_factory: pytest.TempPathFactory) -> None:
-    reason = _remote_mount_missing(tmp_path_factory.mktemp("probe"))
-    if reason is not None:
-        pytest.skip(reason)
-
-
 @pytest.fixture
-def lock_server(tmp_path: Path, remote_mounts_work: None) -> Iterator[ThreadServer]:
+def lock_server(tmp_path: Path) -> Iterator[ThreadServer]:
     server = ThreadServer(tmp_path / "server", lease=LEASE)
     try:
         yield server
