@@ -12,6 +12,13 @@ from typing import Any
 from domain.fs.model import ROOT_INO, DentryData, InodeData
 
 
+def conflict_name(name: bytes, dentry: int) -> bytes:
+    """The name under which an entry that lost its name to a concurrent one is shown:
+    ``NAME.conflict-KEY`` (the dentry's key in hex; the name cut to keep 255 bytes)."""
+    suffix = b".conflict-" + f"{dentry:016x}".encode()
+    return name[: 255 - len(suffix)] + suffix
+
+
 @dataclass(slots=True)
 class Entry:
     dentry: int
@@ -35,6 +42,9 @@ class FsView:
     dir_parent: dict[int, int] = field(default_factory=dict)
     #: inode -> extended attribute name -> value (only inodes that have any)
     xattrs: dict[int, dict[bytes, bytes]] = field(default_factory=dict)
+    #: directory -> name -> dentry keys of that name shown under a conflict name (concurrent
+    #: creations on two replicas; see ``put_dentry``)
+    shadowed: dict[int, dict[bytes, list[int]]] = field(default_factory=dict)
 
     # -- queries -------------------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> Entry | None:
@@ -74,16 +84,33 @@ class FsView:
     def put_dentry(self, key: int, parent: int, data: DentryData) -> None:
         self.delete_dentry(key)
         d = self.dirs.setdefault(parent, {})
-        replaced = d.get(data.name)
-        if replaced is not None:
-            self.delete_dentry(replaced.dentry)
-        d[data.name] = Entry(key, data.inode)
-        self.dentries[key] = (parent, data.name, data.inode)
+        name = data.name
+        other = d.get(name)
+        if other is not None:
+            # Two entries of one name exist only when two replicas created it concurrently (a
+            # local rename deletes its target first): the one with the greater key keeps the
+            # name, the other is shown under a conflict name until the name is free again -
+            # the same on every replica, in whatever order they applied the two, and neither
+            # file is lost.
+            loser = key if other.dentry > key else other.dentry
+            self.shadowed.setdefault(parent, {}).setdefault(data.name, []).append(loser)
+            if loser == key:
+                name = conflict_name(data.name, key)
+            else:
+                self._move_entry(parent, data.name, conflict_name(data.name, other.dentry))
+        d[name] = Entry(key, data.inode)
+        self.dentries[key] = (parent, name, data.inode)
         self.links[data.inode] = self.links.get(data.inode, 0) + 1
         target = self.inodes.get(data.inode)
         if target is not None and target.is_dir:
             self.subdirs[parent] = self.subdirs.get(parent, 0) + 1
             self.dir_parent[data.inode] = parent
+
+    def _move_entry(self, parent: int, old: bytes, new: bytes) -> None:
+        d = self.dirs[parent]
+        entry = d.pop(old)
+        d[new] = entry
+        self.dentries[entry.dentry] = (parent, new, entry.inode)
 
     def delete_dentry(self, key: int) -> None:
         old = self.dentries.pop(key, None)
@@ -91,10 +118,12 @@ class FsView:
             return
         parent, name, ino = old
         d = self.dirs.get(parent)
+        freed = False
         if d is not None:
             cur = d.get(name)
             if cur is not None and cur.dentry == key:
                 del d[name]
+                freed = True
         n = self.links.get(ino, 0) - 1
         if n > 0:
             self.links[ino] = n
@@ -105,6 +134,19 @@ class FsView:
             self.subdirs[parent] -= 1
             if self.dir_parent.get(ino) == parent:
                 del self.dir_parent[ino]
+        waiting = self.shadowed.get(parent)
+        if waiting:
+            for original, keys in list(waiting.items()):
+                if key in keys:
+                    keys.remove(key)  # it was shown under a conflict name
+                elif freed and original == name and keys and d is not None:
+                    best = max(keys)  # the name is free again: the greatest key takes it
+                    keys.remove(best)
+                    self._move_entry(parent, self.dentries[best][1], original)
+                if not keys:
+                    del waiting[original]
+            if not waiting:
+                del self.shadowed[parent]
 
     def put_page(self, ino: int, index: int, locator: Any) -> None:
         self.pages.setdefault(ino, {})[index] = locator
