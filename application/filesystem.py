@@ -1054,6 +1054,55 @@ class FileSystemService:
         for k in [k for k in self._cache if k[0] == ino]:
             del self._cache[k]
 
+    def names_of(self, ino: int) -> list[tuple[int, bytes]]:
+        """Every (directory, name) of ``ino`` (a scan: for rare uses only)."""
+        return [(d, n) for d, n, i in self.view.dentries.values() if i == ino]
+
+    def conflict_copy(
+        self,
+        ino: int,
+        theirs: InodeData | None,
+        pages: dict[int, bytes],
+        tag: str,
+        into: int | None = None,
+    ) -> int | None:
+        """Keep another replica's version of regular file ``ino`` beside this replica's, which
+        the server orders after it: a new file ``NAME.conflict-TAG`` (or the earlier copy
+        ``into``) with their attributes and pages (``pages``), the rest of its contents as this
+        replica has them. Returns the copy's inode (None when ``ino`` is no longer a named
+        regular file)."""
+        data = self.view.inodes.get(ino)
+        names = self.names_of(ino)
+        if data is None or not data.is_reg or not names:
+            return None
+        base = theirs if theirs is not None and theirs.is_reg else data
+        if into is not None and into in self.view.inodes:
+            fh = self.open(into)
+            attr = self.getattr(into)
+            if theirs is None:
+                base = _replace(base, size=attr.size)
+        else:
+            directory, name = names[0]
+            suffix = f".conflict-{tag}".encode()
+            copy_name = name[: NAME_MAX - len(suffix)] + suffix
+            n = 1
+            while self.view.lookup(directory, copy_name) is not None:
+                n += 1
+                copy_name = name[: NAME_MAX - len(suffix) - 4] + suffix + f"-{n}".encode()
+            fh, attr = self.create(directory, copy_name, base.mode, base.uid, base.gid)
+        try:
+            ps = self.page_size
+            for idx in range((base.size + ps - 1) // ps):
+                page = pages.get(idx)
+                if page is None and idx * ps < data.size:
+                    page = self.read_page(ino, idx)
+                if page:
+                    self.write(fh, idx * ps, page[: max(0, min(ps, base.size - idx * ps))])
+            self.setattr(attr.ino, SetAttr(size=base.size))
+        finally:
+            self.release(fh)
+        return attr.ino
+
     def inode_of(self, fh: int) -> int:
         """The inode an open file handle refers to (the object key, the same on every mount)."""
         return self._handle(fh).ino

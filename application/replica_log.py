@@ -46,6 +46,7 @@ class LocalTx:
     start: int  # position of its first record
     end: int  # position after its seal
     keys: frozenset[int]
+    offline: bool = True  # written while the server was not reachable (or not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,9 @@ class ReplicaLog:
         self.uploaded_upto = 0
         self._local: deque[LocalTx] = deque()
         self._busy: Counter[int] = Counter()
+        self._offline: Counter[int] = Counter()
+        #: whether the server is reachable now (local transactions made while not are offline)
+        self.online = False
         self._signatures = SignatureValidator(session.crypto.verify)
         #: hash prefixes of local events the server holds from another writer (not uploaded)
         self.drop_events: set[bytes] = set()
@@ -120,9 +124,11 @@ class ReplicaLog:
     def _add(self, tx: LocalTx) -> None:
         self._local.append(tx)
         self._busy.update(tx.keys)
+        if tx.offline:
+            self._offline.update(tx.keys)
 
     def _committed(self, start: int, end: int, keys: frozenset[int]) -> None:
-        self._add(LocalTx(start, end, keys))
+        self._add(LocalTx(start, end, keys, offline=not self.online))
         if self.on_local is not None:
             self.on_local()
 
@@ -135,6 +141,10 @@ class ReplicaLog:
     def unconfirmed_end(self) -> int:
         """The log position after the last local transaction (uploaded_upto when none waits)."""
         return self._local[-1].end if self._local else self.uploaded_upto
+
+    def changed_offline(self, key: int) -> bool:
+        """Whether an unconfirmed local change to ``key`` was made while disconnected."""
+        return self._offline.get(key, 0) > 0
 
     def busy(self, key: int) -> bool:
         """Whether a local change to object ``key`` is not confirmed yet (sealed or open)."""
@@ -186,11 +196,15 @@ class ReplicaLog:
         ``server_end``; -1: not known): recorded in the log, so a restart does not repeat
         them."""
         while self._local and self._local[0].end <= upto:
-            self._busy.subtract(self._local.popleft().keys)
+            done = self._local.popleft()
+            self._busy.subtract(done.keys)
+            if done.offline:
+                self._offline.subtract(done.keys)
         self._busy = +self._busy
+        self._offline = +self._offline
         if self._local and self._local[0].start < upto:  # a large transaction, partly up
             head = self._local[0]
-            self._local[0] = LocalTx(upto, head.end, head.keys)
+            self._local[0] = LocalTx(upto, head.end, head.keys, head.offline)
         self.uploaded_upto = max(self.uploaded_upto, upto)
         if server_end >= 0:
             self.remote_cursor = max(self.remote_cursor, server_end)

@@ -30,13 +30,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from application.filesystem import FileSystemService
+from application.filesystem import FileSystemService, decode_struct
 from application.locks import ReplicaSync
 from application.replica_log import ReplicaLog
 from application.session import ChainIntegrityError, ChainSession
 from domain.chain import Transaction, event_key
-from domain.events import EventHeader, Parent, Type
-from domain.fs.model import TYPE_DENTRY, TYPE_INODE, FsError
+from domain.events import Chunk, EventHeader, Parent, Tombstone, Type
+from domain.fs.model import TYPE_DENTRY, TYPE_INODE, TYPE_PAGE, FsError, InodeData
 from domain.wire import (
     CommitRecord,
     Confirmed,
@@ -141,6 +141,7 @@ class ReplicationStats:
     shadowed: int = 0  # streamed events not applied (a local change to the object follows)
     reconnects: int = 0
     rejected: int = 0  # uploads the server refused
+    conflicts: int = 0  # conflict copies made
 
 
 @dataclass(slots=True)
@@ -185,6 +186,8 @@ class ReplicationService(ReplicaSync):
         replica.on_local = self.local_changed
         fs.replicated = True
         self._resynced: set[str] = set()
+        #: file -> the conflict copy made of another replica's version of it
+        self._conflicts: dict[int, int] = {}
 
     # -- what the file system asks ---------------------------------------------------------------
     def check_writable(self) -> None:
@@ -282,7 +285,7 @@ class ReplicationService(ReplicaSync):
             await remote.close()
 
     async def _disconnected(self) -> None:
-        self.state.connected = False
+        self.state.connected = self.replica.online = False
         self._in_flight = None
         remote, self._remote = self._remote, None
         if remote is not None:
@@ -297,7 +300,7 @@ class ReplicationService(ReplicaSync):
         if remote.header is None:
             await self._create_chain(remote)
         await remote.subscribe(self.replica.remote_cursor)
-        self.state.connected = True
+        self.state.connected = self.replica.online = True
         await self._notify()
         down = asyncio.create_task(self._download_loop(remote))
         up = asyncio.create_task(self._upload_loop(remote))
@@ -377,12 +380,46 @@ class ReplicationService(ReplicaSync):
             await self._notify()
             return
         before = self._names(headers)
+        offline = {k for k in map(event_key, headers[:-1]) if k and self.replica.changed_offline(k)}
         tx = self.replica.append_remote(records, headers, end)
         self.state.stats.applied += 1
         self.state.stats.shadowed += len(tx.events) - len(tx.applied)
+        if offline & tx.skipped:
+            self._keep_theirs(tx, offline & tx.skipped, end)
         if tx.applied:
             await self._invalidate(tx, before)
         await self._notify()
+
+    def _keep_theirs(self, tx: Transaction, keys: set[int], end: int) -> None:
+        """Both sides changed a file while disconnected; the server orders this replica's
+        change later, so its version keeps the name: theirs is kept as a conflict copy."""
+        theirs: dict[int, InodeData | None] = {}
+        pages: dict[int, dict[int, bytes]] = {}
+        for ev in tx.events:
+            hd = ev.header
+            key = event_key(hd)
+            if key not in keys or hd.find(Tombstone) is not None:
+                continue
+            typ, parent, chunk = hd.find(Type), hd.find(Parent), hd.find(Chunk)
+            payload = self.session.read_payload(hd, ev.locator)
+            if typ is not None and typ.name == TYPE_INODE:
+                theirs[key] = decode_struct(payload, InodeData)
+            elif typ is not None and typ.name == TYPE_PAGE and parent and chunk:
+                theirs.setdefault(parent.parent, None)
+                pages.setdefault(parent.parent, {})[chunk.index] = payload
+        for ino, inode in theirs.items():
+            self.fs.flush_file(ino)
+            copy = self.fs.conflict_copy(
+                ino, inode, pages.get(ino, {}), f"{end:x}", into=self._conflicts.get(ino)
+            )
+            if copy is not None:
+                self._conflicts[ino] = copy
+                self.state.stats.conflicts += 1
+                log.warning(
+                    "file %d was changed here and on another replica while disconnected: this"
+                    " version keeps its name, the other one is kept as a conflict copy", ino
+                )  # fmt: skip
+        self.session.commit()
 
     def _names(self, headers: Sequence[EventHeader]) -> set[tuple[int, bytes]]:
         """The names (directory, name) the dentries of a transaction have before it applies."""
@@ -474,6 +511,8 @@ class ReplicationService(ReplicaSync):
         if upto is not None:
             self.replica.mark_uploaded(upto, msg.end)
             self.state.stats.uploaded += 1
+            if self._conflicts:  # conflicts end when this replica's change is in the chain
+                self._conflicts = {f: c for f, c in self._conflicts.items() if self.replica.busy(f)}
         else:
             self.replica.note_remote_position(msg.end)
         await self._notify()

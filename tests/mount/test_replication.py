@@ -369,3 +369,28 @@ def test_ntp_time_stamps_the_files(mounter: Mounter) -> None:
         assert ntp.requests
     write(mnt / "stamped", b"x")
     assert abs((mnt / "stamped").stat().st_mtime - (time.time() + offset)) < 60
+
+
+# --- concurrent offline changes ------------------------------------------------------------------
+def test_offline_edits_on_both_sides_lose_nothing(mounter: Mounter, server: ServerProc) -> None:
+    a = mount_remote(mounter, "a", server.url(), "--recovery-mode", "async")
+    write(a.mnt / "doc.txt", b"the original\n")
+    b = mount_remote(mounter, "b", server.url(), "--recovery-mode", "async")
+    eventually(lambda: _same(b.mnt / "doc.txt", b"the original\n"), "B to have the doc")
+    server.stop()
+    time.sleep(1.0)  # both mounts have seen the server go
+    write(a.mnt / "doc.txt", b"A's version, written offline\n" * 3)
+    write(b.mnt / "doc.txt", b"B's version, written offline\n")
+    write(a.mnt / "new.txt", b"created on A")
+    write(b.mnt / "new.txt", b"created on B")
+    server.start()
+    eventually(lambda: _eq(tree(a.mnt), tree(b.mnt)), "A and B to converge", 60)
+    names = sorted(p.name for p in a.mnt.iterdir())
+    contents = {p.read_bytes() for p in a.mnt.iterdir() if p.name.startswith("doc.txt")}
+    assert contents == {b"A's version, written offline\n" * 3, b"B's version, written offline\n"}
+    assert len([n for n in names if n.startswith("doc.txt")]) == 2, names
+    assert {p.read_bytes() for p in a.mnt.iterdir() if p.name.startswith("new.txt")} == {
+        b"created on A",
+        b"created on B",
+    }
+    assert "new.txt" in names and "doc.txt" in names
