@@ -19,6 +19,7 @@ import pyfuse3
 import pyfuse3.asyncio
 
 from adapters.fuse_ops import FuseOperations, GroupCommitter
+from adapters.ntp import ClockSyncError, NtpClock
 from adapters.remote import FuseKernelCache
 from application.checkpoint import check_prefix
 from application.compaction import Compactor
@@ -32,6 +33,7 @@ log = logging.getLogger("wasmer_dfs.fuse")
 TICK_SECONDS = 0.25
 IDLE_COMMIT_SECONDS = 1.0
 COMPACT_CHECK_SECONDS = 1.0
+NTP_RESYNC_SECONDS = 20.0
 #: a due compaction waits while the log grows faster than this (bytes/s), at most this long
 COMPACT_BUSY_BYTES = 8 * 1024 * 1024
 COMPACT_OVERDUE_SECONDS = 60.0
@@ -148,6 +150,16 @@ def _terminate() -> None:
         pyfuse3.terminate()
     except asyncio.InvalidStateError:
         asyncio.get_running_loop().call_later(0.01, _terminate)
+
+
+async def _keep_clock_synced(clock: NtpClock, every: float = NTP_RESYNC_SECONDS) -> None:
+    """Query the NTP pool again now and then (off the loop), as the original did (~20 s)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(clock.sync)
+        except ClockSyncError as exc:
+            log.debug("NTP re-synchronisation failed (the last offset stays): %s", exc)
 
 
 class NotSynced(Exception):
@@ -303,6 +315,8 @@ def run(
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, _terminate)
         tasks = [asyncio.create_task(committer.run())]
+        if isinstance(service.clock, NtpClock):
+            tasks.append(asyncio.create_task(_keep_clock_synced(service.clock)))
         tasks.append(asyncio.create_task(raise_read_ahead(mountpoint, ops.initialized)))
         if not read_only:
             tasks.append(asyncio.create_task(_ticker(service)))
