@@ -323,8 +323,9 @@ class ReplicationService(ReplicaSync):
                 " refusing to recreate it (move the local log aside to start a new chain)"
             )
         batch = self.replica.next_upload(self.UPLOAD_BATCH_BYTES)
-        if batch is None:
+        if batch is None or not batch.records:
             raise RemoteError("the server does not hold this chain and this replica is empty")
+        batch = self.replica.sign(batch)
         try:
             confirmed = await remote.commit(batch.records)
         except CommitRejected as exc:
@@ -475,6 +476,8 @@ class ReplicationService(ReplicaSync):
                 self.replica.mark_uploaded(batch.upto, -1)
                 await self._notify()
                 continue
+            # the ML-DSA signature (~7 ms) runs off the loop, which goes on answering the kernel
+            batch = await asyncio.to_thread(self.replica.sign, batch)
             self._in_flight = batch.upto
             try:
                 await remote.commit(batch.records)
