@@ -577,7 +577,8 @@ class _FileStorage(_Storage):
         os.fsync(self.fd)
 
     def sync(self) -> None:
-        os.fsync(self.fd)
+        # the data and what finds it again (the file's size): the inode's times may wait
+        os.fdatasync(self.fd)
 
     def close(self) -> None:
         if not self.closed:

@@ -53,12 +53,17 @@ def bootstrap(log_path: Path, hook: Hook | None = None, clock: Clock | None = No
     return container
 
 
-def build_server(data_dir: Path, config: ServerConfig, host: str, port: int) -> WsChainServer:
+def build_server(
+    data_dir: Path, config: ServerConfig, host: str, port: int, clock: Clock | None = None
+) -> WsChainServer:
     """The chain server: the file redo logs of ``data_dir`` (one per chain, the same adapter as
-    a mount's), the real ML-DSA verifier, the system clock, behind the websocket adapter."""
+    a mount's), the real ML-DSA verifier, the system clock (or ``clock``: NTP), behind the
+    websocket adapter."""
     from adapters.ws_server import WsChainServer
 
-    app = ChainServer(FileRedoLogFactory(data_dir.expanduser()), PqCrypto(), SystemClock(), config)
+    app = ChainServer(
+        FileRedoLogFactory(data_dir.expanduser()), PqCrypto(), clock or SystemClock(), config
+    )
     return WsChainServer(app, host, port)
 
 

@@ -21,6 +21,7 @@ from domain.wire import BATCH_BYTES, BATCH_EVENTS, MAX_FRAME, ServerLimits
 
 if TYPE_CHECKING:  # the adapters load when the server is built, not with the CLI
     from adapters.ws_server import WsChainServer
+    from application.ports import Clock
 
 DEFAULT_DATA_DIR = Path("~/wasmer/server")
 
@@ -40,10 +41,28 @@ def parse_listen(listen: str) -> tuple[str, int]:
 def build_server(
     data_dir: Path, config: ServerConfig, host: str = "127.0.0.1", port: int = 0
 ) -> WsChainServer:
-    """The chain server, built by the composition root (loaded only when a server starts)."""
+    """The chain server, built by the composition root (loaded only when a server starts). Its
+    clock follows the global --ntp-pool/--ntp-port/--no-ntp of `wasmer-dfs` (it decides which
+    events lie too far in the future)."""
     from entrypoints.bootstrap import build_server as compose
 
-    return compose(data_dir, config, host, port)
+    return compose(data_dir, config, host, port, _clock())
+
+
+def _clock() -> Clock | None:
+    from adapters.dns import make_resolver
+    from adapters.ntp import make_clock
+    from entrypoints import cli
+
+    g = cli.G
+    if g.no_ntp or g.ntp_pool is None:
+        return None
+    try:
+        resolver = make_resolver(g.dns_server, g.dns_sec)
+    except ValueError as exc:
+        typer.echo(f"wasmer-dfs: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    return make_clock(False, g.ntp_pool, g.ntp_port, resolver)
 
 
 async def run_server(server: WsChainServer, stop: asyncio.Event | None = None) -> None:

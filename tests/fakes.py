@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import zlib
 from dataclasses import dataclass
 
@@ -184,3 +185,11 @@ def chain_state(session: object, view: object) -> dict[str, object]:
             value = {k: v for k, v in value.items() if v or v is None or f.name == "dirs"}
         out[f"view.{f.name}"] = value
     return out
+
+
+def closed_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that nothing listens on (just released: nothing answers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port

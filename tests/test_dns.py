@@ -23,6 +23,7 @@ from adapters.dns import (
     read_name,
 )
 from application.ports import ResolveError, Resolver
+from tests.fakes import closed_udp_port
 
 A, CNAME, TXT, AAAA, OPT = 1, 5, 16, 28, 41
 
@@ -226,13 +227,6 @@ class DnsServer:
 def server() -> Iterator[DnsServer]:
     with DnsServer() as srv:
         yield srv
-
-
-def closed_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # --- the contract --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from adapters.clock import FakeClock, SystemClock
 from adapters.dns import MemoryResolver
 from adapters.ntp import ClockSyncError, NtpClock, from_ntp, make_clock, to_ntp
 from application.ports import Clock, Resolver
+from tests.fakes import closed_udp_port
 
 NS = 1_000_000_000
 MS = 1_000_000
@@ -136,13 +137,6 @@ class SntpServer:
 def sntp() -> Iterator[SntpServer]:
     with SntpServer() as srv:
         yield srv
-
-
-def closed_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def within(clock: NtpClock) -> int:

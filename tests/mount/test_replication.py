@@ -45,10 +45,11 @@ class ServerProc:
     """`wasmer-dfs serve` in a subprocess on a fixed port (so it can be killed and restarted on
     the same address and data directory); stopped by its pid."""
 
-    def __init__(self, data_dir: Path, log: Path) -> None:
+    def __init__(self, data_dir: Path, log: Path, global_args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.log = log
+        self.global_args = global_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, chain: str = "fs") -> str:
@@ -58,7 +59,7 @@ class ServerProc:
         assert self.proc is None
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [wasmer_dfs_exe(), "serve", "--listen", f"127.0.0.1:{self.port}",
+                [wasmer_dfs_exe(), *self.global_args, "serve", "--listen", f"127.0.0.1:{self.port}",
                  "--data-dir", str(self.data_dir), "--lock-lease", "2"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
             )  # fmt: skip
@@ -394,3 +395,33 @@ def test_offline_edits_on_both_sides_lose_nothing(mounter: Mounter, server: Serv
         b"created on B",
     }
     assert "new.txt" in names and "doc.txt" in names
+
+
+def test_events_too_far_in_the_future_are_refused_by_the_servers_clock(
+    mounter: Mounter, tmp_path: Path
+) -> None:
+    from tests.test_ntp import SntpServer
+
+    with SntpServer(offset_ns=3600 * 10**9) as ntp:  # an hour ahead of this machine
+        ahead = ("--ntp-pool", "127.0.0.1", "--ntp-port", str(ntp.port))
+        plain = ServerProc(tmp_path / "plain", tmp_path / "plain.out")
+        synced = ServerProc(tmp_path / "synced", tmp_path / "synced.out", ahead)
+        for srv in (plain, synced):
+            srv.data_dir.mkdir()
+            srv.start()
+        try:
+            # a server on the system clock refuses what a mount an hour ahead stamps
+            mnt, logdir = mounter.dirs("early")
+            mp = mounter.spawn(mnt, None, plain.url(), str(logdir), global_args=ahead)
+            eventually(lambda: _eq("too far in the future" in mp.stderr(), True), "a refusal")
+            assert not mp.is_mounted()
+            mp.signal(signal.SIGTERM)
+            assert mp.wait() != 0
+            # a server on the same NTP time accepts it
+            a = mount_remote(mounter, "a", synced.url(), global_args=ahead)
+            write(a.mnt / "on-time", b"ok")
+            b = mount_remote(mounter, "b", synced.url(), global_args=ahead)
+            eventually(lambda: _same(b.mnt / "on-time", b"ok"), "the write on the synced server")
+        finally:
+            for srv in (plain, synced):
+                srv.stop()
