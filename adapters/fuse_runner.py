@@ -27,6 +27,7 @@ from application.filesystem import FileSystemService
 from application.locks import LockService
 from application.ports import LogError
 from application.replication import ReplicationService
+from domain.compaction import worth_compacting
 
 log = logging.getLogger("wasmer_dfs.fuse")
 
@@ -232,10 +233,13 @@ async def _scrub(service: FileSystemService, until: int, failures: list[str]) ->
     log.debug("checked the %d records before the checkpoint", n)
 
 
-async def _compaction_checks(compactor: Compactor, clock: Callable[[], float]) -> None:
-    """Compact when the policy says so - but not while bulk writes stream in (a compaction
-    would compete with the writer for both cores and the GIL, and copy what is still being
-    written), unless it has been due for long."""
+async def _compaction_checks(
+    compactor: Compactor, clock: Callable[[], float], live_bytes: Callable[[], int]
+) -> None:
+    """Compact when the policy says so and it would reclaim enough (``worth_compacting``: a log
+    that only grew with new data is left alone) - but not while bulk writes stream in (a
+    compaction would compete with the writer for both cores and the GIL, and copy what is still
+    being written), unless it has been due for long."""
     due_since: float | None = None
     last_size = compactor.session.log.size()
     while True:
@@ -247,7 +251,7 @@ async def _compaction_checks(compactor: Compactor, clock: Callable[[], float]) -
         except Exception:
             log.exception("compaction check failed")
             continue
-        if not due:
+        if not due or not worth_compacting(size, live_bytes()):
             due_since = None
             continue
         now = clock()
@@ -322,7 +326,11 @@ def run(
             tasks.append(asyncio.create_task(_ticker(service)))
             if compactor is not None:
                 tasks.append(
-                    asyncio.create_task(_compaction_checks(compactor, service.clock.monotonic))
+                    asyncio.create_task(
+                        _compaction_checks(
+                            compactor, service.clock.monotonic, lambda: service.view.page_bytes
+                        )
+                    )
                 )
         if unchecked_until is not None:
             tasks.append(asyncio.create_task(_scrub(service, unchecked_until, failures)))

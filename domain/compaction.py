@@ -266,3 +266,16 @@ def plan_compaction(
     for position, hdr in events:
         planner.add(position, hdr)
     return planner.plan(require_parents=require_parents)
+
+
+#: a compaction is worth its work when at least this share of the log is garbage, and this much
+GARBAGE_SHARE = 0.1
+GARBAGE_MIN = 2 * 1024 * 1024
+
+
+def worth_compacting(log_size: int, live_bytes: int) -> bool:
+    """Whether a compaction would reclaim enough to be worth its work: ``live_bytes`` is what it
+    must keep (the live pages' data; metadata counts as garbage, so this errs towards
+    compacting). A log that only grew with new data - a large file just written - is left."""
+    garbage = log_size - live_bytes
+    return garbage >= GARBAGE_MIN and garbage >= GARBAGE_SHARE * log_size

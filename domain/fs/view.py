@@ -19,6 +19,19 @@ def conflict_name(name: bytes, dentry: int) -> bytes:
     return name[: 255 - len(suffix)] + suffix
 
 
+def _stored_size(locator: Any) -> int:
+    """The length of a page's data from its locator ``(where, meta hash)``; ``where`` has a
+    ``length`` (a log's data reference), or is its array form ``[offset, length, ...]`` (as a
+    checkpoint gives it back)."""
+    if locator is None:
+        return 0
+    where = locator[0] if isinstance(locator, tuple | list) else locator
+    length = getattr(where, "length", None)
+    if length is None and isinstance(where, list | tuple) and len(where) > 1:
+        length = where[1]
+    return length if isinstance(length, int) else 0
+
+
 @dataclass(slots=True)
 class Entry:
     dentry: int
@@ -45,6 +58,8 @@ class FsView:
     #: directory -> name -> dentry keys of that name shown under a conflict name (concurrent
     #: creations on two replicas; see ``put_dentry``)
     shadowed: dict[int, dict[bytes, list[int]]] = field(default_factory=dict)
+    #: bytes of page data the live pages take in the log (what a compaction must keep)
+    page_bytes: int = 0
 
     # -- queries -------------------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> Entry | None:
@@ -75,7 +90,8 @@ class FsView:
     def delete_inode(self, key: int) -> None:
         self.inodes.pop(key, None)
         self.dirs.pop(key, None)
-        self.pages.pop(key, None)
+        for locator in self.pages.pop(key, {}).values():
+            self.page_bytes -= _stored_size(locator)
         self.links.pop(key, None)
         self.subdirs.pop(key, None)
         self.dir_parent.pop(key, None)
@@ -149,7 +165,9 @@ class FsView:
                 del self.shadowed[parent]
 
     def put_page(self, ino: int, index: int, locator: Any) -> None:
-        self.pages.setdefault(ino, {})[index] = locator
+        pages = self.pages.setdefault(ino, {})
+        self.page_bytes += _stored_size(locator) - _stored_size(pages.get(index))
+        pages[index] = locator
 
     def put_xattrs(self, ino: int, entries: dict[bytes, bytes]) -> None:
         if entries:
@@ -160,4 +178,4 @@ class FsView:
     def delete_page(self, ino: int, index: int) -> None:
         p = self.pages.get(ino)
         if p is not None:
-            p.pop(index, None)
+            self.page_bytes -= _stored_size(p.pop(index, None))

@@ -242,7 +242,7 @@ def test_a_compaction_in_the_background_keeps_the_writes_made_meanwhile(
         global_args=("-v",), env={PAUSE_ENV: "built:1.0"},
     )  # fmt: skip
     (mnt / "old").write_bytes(b"o" * 300_000)
-    for _ in range(12):  # garbage for the compaction to drop
+    for _ in range(40):  # garbage for the compaction to drop (12 MB: worth compacting)
         (mnt / "churn").write_bytes(os.urandom(300_000))
     writer = start_writer(mnt, record, "bg", 5)
     deadline = time.monotonic() + 20

@@ -604,3 +604,30 @@ def test_a_checkpoint_whose_following_records_do_not_replay_falls_back_to_the_lo
     rig.mounted = rig.service.open(rig.request)
     assert not rig.mounted.from_checkpoint
     assert state(rig.mounted) == want
+
+
+# --- is it worth it? -------------------------------------------------------------------------------
+def test_live_page_bytes_follow_writes_rewrites_and_deletes(rig) -> None:
+    fs = rig.fs
+    fh, attr = fs.create(1, b"f", stat.S_IFREG | 0o644, 0, 0)
+    fs.write(fh, 0, b"x" * 100_000)
+    fs.release(fh)
+    first = fs.view.page_bytes
+    assert 100_000 <= first < 100_000 + 4 * 64  # the data, plus each page's AEAD overhead
+    fh = fs.open(attr.ino)
+    fs.write(fh, 0, b"y" * 100_000)  # rewritten: the same live size
+    fs.release(fh)
+    assert fs.view.page_bytes == first
+    fs.unlink(1, b"f")
+    assert fs.view.page_bytes == 0
+    fs = rig.remount()  # from the checkpoint, and the same after a full replay
+    assert fs.view.page_bytes == 0
+
+
+def test_compaction_is_worth_it_only_for_garbage() -> None:
+    from domain.compaction import worth_compacting
+
+    mib = 1024 * 1024
+    assert not worth_compacting(512 * mib, 500 * mib)  # a large file just written
+    assert worth_compacting(160 * mib, 32 * mib)  # a file rewritten five times
+    assert not worth_compacting(mib, 0)  # too little to bother
