@@ -35,6 +35,7 @@ CACHE_TIMEOUT = 300.0
 def _translate(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        args[0].requests += 1  # background work (compaction) waits for a quiet moment
         try:
             return await fn(*args, **kwargs)
         except FsError as exc:
@@ -91,6 +92,8 @@ class FuseOperations(LockOps, pyfuse3.Operations):
         self.read_only = read_only
         #: a replicated mount: writes follow its recovery mode (docs/adr/0009)
         self.remote = remote
+        #: FUSE requests served so far
+        self.requests = 0
         self.init_locks(locks)
         #: set once the kernel's INIT has been answered (what it negotiated is then in force)
         self.initialized = asyncio.Event()

@@ -35,9 +35,8 @@ TICK_SECONDS = 0.25
 IDLE_COMMIT_SECONDS = 1.0
 COMPACT_CHECK_SECONDS = 1.0
 NTP_RESYNC_SECONDS = 20.0
-#: a due compaction waits while the log grows faster than this (bytes/s), at most this long
-COMPACT_BUSY_BYTES = 8 * 1024 * 1024
-COMPACT_OVERDUE_SECONDS = 60.0
+#: a due compaction waits for a second without requests, at most this long
+COMPACT_OVERDUE_SECONDS = 30.0
 #: Kernel read-ahead for the mount (KiB). FUSE starts at 128 KiB, so a sequential read arrives as
 #: 128 KiB requests; 1 MiB (the largest request the kernel sends) quarters their number.
 READ_AHEAD_KB = 1024
@@ -234,33 +233,34 @@ async def _scrub(service: FileSystemService, until: int, failures: list[str]) ->
 
 
 async def _compaction_checks(
-    compactor: Compactor, clock: Callable[[], float], live_bytes: Callable[[], int]
+    compactor: Compactor,
+    clock: Callable[[], float],
+    live_bytes: Callable[[], int],
+    requests: Callable[[], int],
 ) -> None:
     """Compact when the policy says so and it would reclaim enough (``worth_compacting``: a log
-    that only grew with new data is left alone) - but not while bulk writes stream in (a
-    compaction would compete with the writer for both cores and the GIL, and copy what is still
-    being written), unless it has been due for long."""
+    that only grew with new data is left alone), at a quiet moment: a compaction competes with
+    the requests it would interrupt for both cores, the disk and the GIL. It waits while the
+    file system serves requests, at most ``COMPACT_OVERDUE_SECONDS``."""
     due_since: float | None = None
-    last_size = compactor.session.log.size()
+    served = requests()
     while True:
         await asyncio.sleep(COMPACT_CHECK_SECONDS)
+        busy, served = requests() != served, requests()
         try:
-            size = compactor.session.log.size()
-            growth, last_size = size - last_size, size
-            due = compactor.due()
+            due = compactor.due() and worth_compacting(compactor.session.log.size(), live_bytes())
         except Exception:
             log.exception("compaction check failed")
             continue
-        if not due or not worth_compacting(size, live_bytes()):
+        if not due:
             due_since = None
             continue
         now = clock()
         due_since = now if due_since is None else due_since
-        busy = growth > COMPACT_BUSY_BYTES * COMPACT_CHECK_SECONDS
         if not busy or now - due_since >= COMPACT_OVERDUE_SECONDS:
             due_since = None
             await compact_in_background(compactor)
-            last_size = compactor.session.log.size()
+            served = requests()
 
 
 def run(
@@ -328,7 +328,10 @@ def run(
                 tasks.append(
                     asyncio.create_task(
                         _compaction_checks(
-                            compactor, service.clock.monotonic, lambda: service.view.page_bytes
+                            compactor,
+                            service.clock.monotonic,
+                            lambda: service.view.page_bytes,
+                            lambda: ops.requests,
                         )
                     )
                 )

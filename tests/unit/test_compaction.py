@@ -606,7 +606,7 @@ def test_a_checkpoint_whose_following_records_do_not_replay_falls_back_to_the_lo
     assert state(rig.mounted) == want
 
 
-# --- is it worth it? -------------------------------------------------------------------------------
+# --- is it worth it? ----------------------------------------------------------------------------
 def test_live_page_bytes_follow_writes_rewrites_and_deletes(rig) -> None:
     fs = rig.fs
     fh, attr = fs.create(1, b"f", stat.S_IFREG | 0o644, 0, 0)
