@@ -27,7 +27,7 @@ from application.filesystem import FileSystemService
 from application.locks import LockService
 from application.ports import LogError
 from application.replication import ReplicationService
-from domain.compaction import worth_compacting
+from domain.compaction import live_estimate, worth_compacting
 
 log = logging.getLogger("wasmer_dfs.fuse")
 
@@ -330,7 +330,9 @@ def run(
                         _compaction_checks(
                             compactor,
                             service.clock.monotonic,
-                            lambda: service.view.page_bytes,
+                            lambda: live_estimate(
+                                service.view.page_bytes, len(service.session.index.objects)
+                            ),
                             lambda: ops.requests,
                         )
                     )

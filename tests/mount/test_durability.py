@@ -242,8 +242,8 @@ def test_a_compaction_in_the_background_keeps_the_writes_made_meanwhile(
         global_args=("-v",), env={PAUSE_ENV: "built:1.0"},
     )  # fmt: skip
     (mnt / "old").write_bytes(b"o" * 300_000)
-    for _ in range(40):  # garbage for the compaction to drop (12 MB: worth compacting)
-        (mnt / "churn").write_bytes(os.urandom(300_000))
+    for _ in range(60):  # garbage for the compaction to drop: 60 MB, worth it while the
+        (mnt / "churn").write_bytes(os.urandom(1_000_000))  # writer adds live data
     writer = start_writer(mnt, record, "bg", 5)
     deadline = time.monotonic() + 60  # the writer keeps it busy: the compaction is overdue
     while "compacted the log" not in mp.stderr() and time.monotonic() < deadline:

@@ -624,10 +624,25 @@ def test_live_page_bytes_follow_writes_rewrites_and_deletes(rig) -> None:
     assert fs.view.page_bytes == 0
 
 
-def test_compaction_is_worth_it_only_for_garbage() -> None:
-    from domain.compaction import worth_compacting
+def test_compaction_is_worth_it_only_for_garbage(rig) -> None:
+    from domain.compaction import live_estimate, worth_compacting
 
     mib = 1024 * 1024
     assert not worth_compacting(512 * mib, 500 * mib)  # a large file just written
     assert worth_compacting(160 * mib, 32 * mib)  # a file rewritten five times
     assert not worth_compacting(mib, 0)  # too little to bother
+    # 2,000 small files just written: nothing to reclaim
+    fs = rig.fs
+    for i in range(2000):
+        fh, _ = fs.create(1, f"s{i}".encode(), stat.S_IFREG | 0o644, 0, 0)
+        fs.write(fh, 0, b"s" * 4096)
+        fs.release(fh)
+    fs.session.commit()
+    size = fs.session.log.size()
+    live = live_estimate(fs.view.page_bytes, len(fs.session.index.objects))
+    assert not worth_compacting(size, live), (size, live)
+    for i in range(2000):
+        fs.unlink(1, f"s{i}".encode())
+    fs.session.commit()
+    live = live_estimate(fs.view.page_bytes, len(fs.session.index.objects))
+    assert worth_compacting(fs.session.log.size(), live)
