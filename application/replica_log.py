@@ -54,9 +54,7 @@ class Upload:
     """Local transactions merged into one transaction signed for the server."""
 
     records: list[CommitRecord]
-    upto: int  # the local log position after the last transaction it carries
-    count: int  # how many local transactions it carries
-    first_hash: bytes  # hash of its first event (recognises it in the server's stream)
+    upto: int  # the local log position after the last event it carries
     events: int
     digest: bytes = b""  # what its seal signs (``ReplicaLog.sign`` adds the seal)
 
@@ -161,7 +159,7 @@ class ReplicaLog:
         log = self.session.log
         records: list[CommitRecord] = []
         hashes: list[bytes] = []
-        size = count = 0
+        size = 0
         upto = self.uploaded_upto
         full = False
         for tx in self._local:
@@ -181,14 +179,14 @@ class ReplicaLog:
                 hashes.append(eh)
                 size += rsize
             else:
-                upto, count = tx.end, count + 1
+                upto = tx.end
             if full or size >= max_bytes:
                 break
         if not records:
             # nothing left to send (every event dropped): only the position moves on
-            return Upload([], upto, count, b"", 0) if upto > self.uploaded_upto else None
+            return Upload([], upto, 0) if upto > self.uploaded_upto else None
         digest = transaction_digest(self.session.header.chain_id, hashes)
-        return Upload(records, upto, count, hashes[0], len(hashes), digest)
+        return Upload(records, upto, len(hashes), digest)
 
     def sign(self, upload: Upload) -> Upload:
         """The upload with its seal: one ML-DSA signature over its events (~7 ms: run it off
@@ -196,7 +194,7 @@ class ReplicaLog:
         seal = self.session.signed_seal(upload.digest)
         fmt = self.session.formats.meta
         records = [*upload.records, CommitRecord(encode_meta(seal, fmt), int(fmt))]
-        return Upload(records, upload.upto, upload.count, upload.first_hash, upload.events)
+        return Upload(records, upload.upto, upload.events)
 
     def mark_uploaded(self, upto: int, server_end: int) -> None:
         """Local transactions up to ``upto`` are in the server's chain (which then ended at

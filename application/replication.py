@@ -259,7 +259,8 @@ class ReplicationService(ReplicaSync):
                 raise
             except (RemoteError, OSError) as exc:
                 self.state.last_error = str(exc)
-                log.warning("chain server: %s (retrying in %.1f s)", exc, backoff)
+                if not self._stopping:  # (stopping closes the connection: no news)
+                    log.warning("chain server: %s (retrying in %.1f s)", exc, backoff)
             except ChainIntegrityError as exc:
                 self.state.last_error = str(exc)
                 log.error(
