@@ -14,19 +14,19 @@ import re
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pyfuse3
 import pyfuse3.asyncio
 
 from adapters.fuse_ops import FuseOperations, GroupCommitter
 from adapters.ntp import ClockSyncError, NtpClock
-from adapters.remote import FuseKernelCache
 from application.checkpoint import check_prefix
 from application.compaction import Compactor
 from application.filesystem import FileSystemService
 from application.locks import LockService
 from application.ports import LogError
-from application.replication import ReplicationService
+from application.replication import KernelCache, ReplicationService
 from domain.compaction import live_estimate, worth_compacting
 
 log = logging.getLogger("wasmer_dfs.fuse")
@@ -162,6 +162,21 @@ async def _keep_clock_synced(clock: NtpClock, every: float = NTP_RESYNC_SECONDS)
             log.debug("NTP re-synchronisation failed (the last offset stays): %s", exc)
 
 
+@dataclass(slots=True)
+class Replicated:
+    """What a replicated mount runs beside the file system (built by the composition root)."""
+
+    replication: ReplicationService
+    locks: LockService
+    #: the kernel's caches, handed to replication once mounted
+    kernel: KernelCache
+    #: starts what needs the running loop (the lock coordinator)
+    start: Callable[[], None]
+    #: mount only once caught up with the server, or ``first_sync_timeout`` passed (None: wait)
+    wait_first_sync: bool = False
+    first_sync_timeout: float | None = None
+
+
 class NotSynced(Exception):
     """The mount was stopped before a new replica caught up with the chain server."""
 
@@ -273,28 +288,23 @@ def run(
     on_mounted: Callable[[], None] = lambda: None,
     compactor: Compactor | None = None,
     unchecked_until: int | None = None,
-    replication: ReplicationService | None = None,
-    locks: LockService | None = None,
-    on_loop: Callable[[], None] = lambda: None,
-    wait_first_sync: bool = False,
-    first_sync_timeout: float | None = None,
+    replicated: Replicated | None = None,
 ) -> None:
     """Mount, serve until unmounted or signalled, unmount. Blocks. ``PrefixDamaged`` when the
-    background check of the log before the checkpoint found damage (and stopped the mount).
-
-    A replicated mount: ``replication`` runs beside the file system (``wait_first_sync``: a new
-    replica is mounted only once it caught up - or ``first_sync_timeout`` passed -, ``NotSynced``
-    if stopped before); ``locks`` are
-    distributed locks; ``on_loop`` starts what needs the running loop (the lock coordinator)."""
+    background check of the log before the checkpoint found damage (and stopped the mount);
+    ``NotSynced`` when a replica that had to catch up first was stopped before it did."""
     failures: list[str] = []
     pyfuse3.asyncio.enable()
+    replication = replicated.replication if replicated is not None else None
+    locks = replicated.locks if replicated is not None else None
 
     async def main() -> None:
-        on_loop()
+        if replicated is not None:
+            replicated.start()
         replicating = asyncio.create_task(replication.run()) if replication is not None else None
         try:
-            if replication is not None and wait_first_sync:
-                await _first_sync(replication, first_sync_timeout)
+            if replicated is not None and replication is not None and replicated.wait_first_sync:
+                await _first_sync(replication, replicated.first_sync_timeout)
             await serve()
         finally:
             if replication is not None and replicating is not None:
@@ -313,8 +323,8 @@ def run(
             locks=locks,
         )  # fmt: skip
         pyfuse3.init(ops, mountpoint, options)
-        if replication is not None:
-            replication.kernel = FuseKernelCache()
+        if replicated is not None and replication is not None:
+            replication.kernel = replicated.kernel
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, _terminate)

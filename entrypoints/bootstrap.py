@@ -19,11 +19,10 @@ from application.ports import Clock
 from application.repair import Repairer
 
 if TYPE_CHECKING:
-    from adapters.ws_locks import WsLockCoordinator
+    from adapters.fuse_runner import Replicated
     from adapters.ws_server import WsChainServer
-    from application.locks import LockService
     from application.mount import Mounted
-    from application.replication import RecoveryMode, ReplicationService
+    from application.replication import RecoveryMode
 
 
 class Container(containers.DeclarativeContainer):
@@ -67,19 +66,18 @@ def build_server(
     return WsChainServer(app, host, port)
 
 
-def build_replica(
-    mounted: Mounted, url: str, mode: RecoveryMode
-) -> tuple[ReplicationService, LockService, WsLockCoordinator]:
+def build_replica(mounted: Mounted, url: str, mode: RecoveryMode) -> Replicated:
     """A replicated mount's services: replication through the chain server at ``url`` (the
-    websocket adapter) and distributed locks through the same server."""
-    from adapters.remote import WsConnector
+    websocket adapter), distributed locks through the same server, the kernel's caches."""
+    from adapters.fuse_runner import Replicated
+    from adapters.remote import FuseKernelCache, WsConnector
     from adapters.ws_locks import WsLockCoordinator
     from application.locks import LockService
     from application.replica_log import ReplicaLog
     from application.replication import ReplicationService
 
     session, fs = mounted.session, mounted.fs
-    replica = ReplicaLog(session)
-    replication = ReplicationService(session, replica, fs, WsConnector(url), mode)
+    replication = ReplicationService(session, ReplicaLog(session), fs, WsConnector(url), mode)
     coordinator = WsLockCoordinator(url, header=session.header.encode())
-    return replication, LockService(coordinator, fs.inode_of, replication), coordinator
+    locks = LockService(coordinator, fs.inode_of, replication)
+    return Replicated(replication, locks, FuseKernelCache(), coordinator.start)

@@ -423,25 +423,20 @@ def mount(
         where = f"{remote}, replica: {logs_dir}" if remote is not None else f"log: {logs_dir}"
         typer.echo(f"wasmer-dfs: mounted {kind} file system at {mnt} ({where})", err=True)
 
-    replicated = {}
+    replicated = None
     if remote is not None:
         from application.replication import RecoveryMode as Mode
         from domain.fs.model import ROOT_INO
         from entrypoints.bootstrap import build_replica
 
-        replication, locks, coordinator = build_replica(mounted, remote, Mode(recovery_mode.value))
+        mode = Mode(recovery_mode.value)
+        replicated = build_replica(mounted, remote, mode)
         # A new replica has no tree before its first catch-up with the server, and a new chain
         # exists only once the server holds it: both wait for that. Otherwise the mount waits a
         # moment (in async mode not at all), then mounts disconnected.
         new = ROOT_INO not in mounted.fs.view.inodes or mounted.created
-        mode = Mode(recovery_mode.value)
-        replicated = {
-            "replication": replication,
-            "locks": locks,
-            "on_loop": coordinator.start,
-            "wait_first_sync": new or mode is not Mode.ASYNC,
-            "first_sync_timeout": None if new else FIRST_SYNC_WAIT,
-        }
+        replicated.wait_first_sync = new or mode is not Mode.ASYNC
+        replicated.first_sync_timeout = None if new else FIRST_SYNC_WAIT
     try:
         run(
             mounted.fs,
@@ -452,7 +447,7 @@ def mount(
             on_mounted=ready,
             compactor=mounted.compactor if policy.mode is not CompactPolicyMode.NEVER else None,
             unchecked_until=mounted.unchecked_until,
-            **replicated,  # type: ignore[arg-type]
+            replicated=replicated,
         )
     except NotSynced as exc:
         fail(f"stopped before the replica caught up with {remote}: {exc}", 5)
