@@ -351,7 +351,7 @@ def run(
             tasks.append(asyncio.create_task(_scrub(service, unchecked_until, failures)))
         try:
             on_mounted()
-            await pyfuse3.main(min_tasks=2, max_tasks=64)
+            await pyfuse3.main()  # the patched asyncio loop has no worker pool (ADR 0012)
         finally:
             for t in tasks:
                 t.cancel()
