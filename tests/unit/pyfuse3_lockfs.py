@@ -12,6 +12,10 @@ appended to LOGFILE as one JSON object a line (``{"op": "flock", ...}``), with i
 * ``--locks``: the same with both lock capabilities on, so locks reach the handlers;
 * ``--plain``: `BaseFS`, an Operations subclass that overrides none of the new methods
   (what an unpatched-era file system looks like).
+
+With ``--gate``, a GETATTR of ``other`` waits until ``GATE`` of them are in flight at once (or
+``GATE_TIMEOUT`` passed) and records ``{"op": "gate", "opened": ...}``: it shows how many
+requests the main loop runs concurrently. (Attributes are never cached, so every stat() asks.)
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ FILES = {b"file": 2, b"other": 3}
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
+GATE = 40  # more than main()'s max_tasks below
+GATE_TIMEOUT = 5.0
 
 
 class BaseFS(pyfuse3.Operations):
@@ -49,6 +55,9 @@ class BaseFS(pyfuse3.Operations):
         self.data: dict[int, bytearray] = {ino: bytearray() for ino in FILES.values()}
         self.fh_inode: dict[int, int] = {}
         self.next_fh = 10
+        self.gate = False
+        self.gate_waiting = 0
+        self.gate_open: asyncio.Event | None = None
 
     def record(self, op: str, **fields: Any) -> None:
         line = json.dumps({"op": op, "t": time.monotonic(), **fields})
@@ -85,9 +94,22 @@ class BaseFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.attrs(FILES[name])
 
+    async def _gate(self) -> None:
+        if self.gate_open is None:
+            self.gate_open = asyncio.Event()
+        self.gate_waiting += 1
+        if self.gate_waiting >= GATE:
+            self.gate_open.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(GATE_TIMEOUT):
+                await self.gate_open.wait()
+        self.record("gate", opened=self.gate_open.is_set())
+
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if inode != ROOT and inode not in self.data:
             raise pyfuse3.FUSEError(errno.ENOENT)
+        if self.gate and inode == FILES[b"other"]:
+            await self._gate()
         return self.attrs(inode)
 
     async def setattr(
@@ -320,10 +342,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("log")
     parser.add_argument("--locks", action="store_true", help="enable_flock/enable_posix_locks")
     parser.add_argument("--plain", action="store_true", help="override none of the new methods")
+    parser.add_argument("--gate", action="store_true", help="GETATTR of `other` waits at a gate")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="lockfs: %(levelname)s %(message)s")
 
     ops = BaseFS(args.log) if args.plain else LockFS(args.log, locks=args.locks)
+    ops.gate = args.gate
     pyfuse3.asyncio.enable()
 
     async def serve() -> None:

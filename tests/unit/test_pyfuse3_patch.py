@@ -381,6 +381,42 @@ def test_terminate_ends_lock_waits_so_that_the_file_system_can_exit(mount):
             os.close(fd)
 
 
+# --- the asyncio main loop (ADR 0012) ------------------------------------------------------
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_requests_beyond_the_old_worker_pool_run_at_once(mount):
+    # Each GETATTR of `other` waits until 40 are in flight; pyfuse3's worker pool (max_tasks=16
+    # in the helper) would hold the 17th back until the gate times out after 5 s.
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = mount("--gate")
+    count = 40
+    start = time.monotonic()
+    with ThreadPoolExecutor(count) as pool:
+        sizes = list(pool.map(lambda _: os.stat(m.other).st_size, range(count)))
+    elapsed = time.monotonic() - start
+    assert sizes == [0] * count
+    gates = m.records("gate")
+    assert len(gates) == count
+    assert all(g["opened"] for g in gates), "the lookups did not all run at the same time"
+    assert elapsed < 4.0
+
+
+def test_an_idle_file_system_spends_no_cpu_after_a_burst_of_requests(mount):
+    m = mount()
+    for _ in range(2000):
+        os.stat(m.file)
+        with contextlib.suppress(FileNotFoundError):
+            os.stat(m.root / "missing")
+    time.sleep(0.2)
+    before = _cpu_seconds(m.proc.pid)
+    time.sleep(1.0)
+    assert _cpu_seconds(m.proc.pid) - before < 0.1, "the main loop kept spinning while idle"
+
+
 # --- fallocate, lseek, copy_file_range ------------------------------------------------------
 def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
