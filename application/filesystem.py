@@ -204,7 +204,9 @@ class _DirHandle:
 class FileSystemService:
     DIRTY_LIMIT = 16 * 1024 * 1024  # buffered page bytes before pages are written out
     TX_LIMIT = 64 * 1024 * 1024  # event bytes in one transaction before it is sealed
-    PAGE_CACHE = 256  # decrypted pages kept for partial reads and read-modify-write
+    #: decrypted pages kept for reads of part of a page and for read-modify-write. A read of a
+    #: whole page is not kept: the kernel's page cache holds it from then on.
+    PAGE_CACHE_BYTES = 32 * 1024 * 1024
     ATTEST_SECONDS = 1.0  # at most one ML-DSA signature of the chain's head per second
 
     def __init__(
@@ -228,6 +230,7 @@ class FileSystemService:
         self._dirty_attr: dict[int, InodeData] = {}
         self._dirty_since: float | None = None
         self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._cache_pages = max(1, self.PAGE_CACHE_BYTES // self.page_size)
         self._open: dict[int, int] = {}
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, _DirHandle] = {}
@@ -696,7 +699,7 @@ class FileSystemService:
             raise FsError(errno.EBADF)
         return h
 
-    def _load_page(self, ino: int, idx: int) -> bytes:
+    def _load_page(self, ino: int, idx: int, keep: bool = True) -> bytes:
         dirty = self._dirty_pages.get(ino)
         if dirty is not None and idx in dirty:
             return bytes(dirty[idx])
@@ -713,9 +716,10 @@ class FileSystemService:
             data = self.session.read_sealed(loc, meta_hash, self._okey(ino))
         except ChainIntegrityError as exc:
             raise FsError(errno.EIO, str(exc)) from None
-        self._cache[(ino, idx)] = data
-        if len(self._cache) > self.PAGE_CACHE:
-            self._cache.popitem(last=False)
+        if keep:
+            self._cache[(ino, idx)] = data
+            if len(self._cache) > self._cache_pages:
+                self._cache.popitem(last=False)
         return data
 
     def read_page(self, ino: int, idx: int) -> bytes:
@@ -731,9 +735,10 @@ class FileSystemService:
         ps = self.page_size
         parts: list[bytes] = []
         for idx in page_span(offset, end - offset, ps):
-            page = self._load_page(h.ino, idx)
             lo = max(offset, idx * ps) - idx * ps
             hi = min(end, (idx + 1) * ps) - idx * ps
+            whole = lo == 0 and idx * ps + hi >= min(data.size, (idx + 1) * ps)
+            page = self._load_page(h.ino, idx, keep=not whole)
             chunk = page if lo == 0 and hi == len(page) else page[lo:hi]
             parts.append(chunk)
             if len(chunk) < hi - lo:  # a short page or a hole: zeros

@@ -84,6 +84,38 @@ def test_one_byte_write_into_a_large_file_rewrites_one_page(rig: Rig) -> None:
     assert data[size // 2] == 2 and data.count(b"\1") == size - 1
 
 
+def test_pages_read_in_part_are_kept_decrypted_and_pages_read_whole_are_not(rig: Rig) -> None:
+    ps = rig.fs.page_size
+    data = bytes(range(256)) * (ps * 5 // 2 // 256)  # two whole pages and a half
+    ino = write_file(rig, ROOT_INO, b"f", data)
+    fs = rig.remount()
+    session = fs.session
+    loads: list[int] = []
+    read_sealed = session.read_sealed
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        loads.append(1)
+        return read_sealed(*args, **kwargs)
+
+    session.read_sealed = counting  # type: ignore[method-assign]
+    fh = fs.open(ino)
+    try:
+        # Part of page 0, then another part of it: one load, the page is kept for the rest.
+        assert fs.read(fh, 0, 4096) == data[:4096]
+        assert fs.read(fh, 8192, 4096) == data[8192:12288]
+        assert len(loads) == 1
+        # Page 1 read whole, twice: the kernel keeps what it read whole; so do not we.
+        assert fs.read(fh, ps, ps) == data[ps : 2 * ps]
+        assert fs.read(fh, ps, ps) == data[ps : 2 * ps]
+        assert len(loads) == 3
+        # The last, short page read to its end counts as whole.
+        assert fs.read(fh, 2 * ps, ps) == data[2 * ps :]
+        assert fs.read(fh, 2 * ps, 100) == data[2 * ps : 2 * ps + 100]
+        assert len(loads) == 5
+    finally:
+        fs.release(fh)
+
+
 def test_sparse_file_reads_zeros_in_holes(rig: Rig) -> None:
     fh, attr = rig.fs.create(ROOT_INO, b"sparse", 0o644, 0, 0)
     rig.fs.write(fh, 1_000_000, b"end")
