@@ -206,7 +206,7 @@ class FileSystemService:
     TX_LIMIT = 64 * 1024 * 1024  # event bytes in one transaction before it is sealed
     #: decrypted pages kept for reads of part of a page and for read-modify-write. A read of a
     #: whole page is not kept: the kernel's page cache holds it from then on.
-    PAGE_CACHE_BYTES = 32 * 1024 * 1024
+    PAGE_CACHE_BYTES = 24 * 1024 * 1024
     ATTEST_SECONDS = 1.0  # at most one ML-DSA signature of the chain's head per second
 
     def __init__(

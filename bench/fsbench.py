@@ -2,7 +2,9 @@
 
 Every target is a context manager that builds a fresh mount inside the run's work
 directory and always tears it down (unmount in a ``finally``, daemons stopped by
-their pid).  The same workloads run ``--repeat`` times on each mount; the result is
+their pid).  All targets are mounted at once and each repeat of each workload runs on one
+target after another, so that the noise of a shared machine falls on all of them alike.
+The same workloads run ``--repeat`` times on each mount; the result is
 a table of ``median (min-max)`` cells with a ratio-to-gocryptfs column per target
 (``> 1.0`` always means faster than gocryptfs) and the peak RSS of the daemon.
 
@@ -1267,55 +1269,116 @@ class Reporter:
 # --------------------------------------------------------------------------- runner
 
 
-def run_target(
-    target: Target,
+def read_cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a process so far (/proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def settle(pid: int | None, quiet: float = 0.5, limit: float = 60.0) -> None:
+    """Waits until the daemon that just ran a workload has stopped working (under 2 % of a CPU
+    for ``quiet`` seconds; at most ``limit`` seconds), so that work it deferred to an idle
+    moment (a compaction, a flush) does not run while the next target is measured."""
+    if pid is None:
+        return
+    deadline = time.monotonic() + limit
+    last = read_cpu_seconds(pid)
+    while last is not None and time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = read_cpu_seconds(pid)
+        if now is None or now - last < 0.02 * quiet:
+            return
+        last = now
+
+
+def run_targets(
+    targets: Sequence[Target],
     workdir: Path,
     workloads: Sequence[Workload],
     cfg: WorkloadConfig,
     repeat: int,
     reporter: Reporter,
-) -> TargetResult:
-    result = TargetResult(target.name)
+) -> list[TargetResult]:
+    """Mounts every available target, then runs each repeat of each workload on one target
+    after another (interleaved), so that a slow minute of a noisy machine falls on all of them
+    alike rather than on whichever target ran then. After each step the daemon is left to
+    settle. A target that fails is reported and left out of the remaining steps."""
+    results = [TargetResult(t.name) for t in targets]
     steps = len(workloads) * repeat
-    reason = target.unavailable()
-    if reason:
-        result.status, result.note = "skipped", reason
-        reporter.note(f"{target.name}: skipped: {reason}")
-        reporter.advance(steps)
-        return result
-    result.version = target.version()
-    done = 0
-    try:
-        reporter.start(f"{target.name}: mounting", counted=False)
-        with target.mount(workdir, reporter.note) as mounted:
+    live: list[tuple[Target, TargetResult, Mounted]] = []
+    done: dict[str, int] = {}
+
+    def fail(result: TargetResult, exc: BaseException) -> None:
+        result.status, result.note = "failed", f"{type(exc).__name__}: {exc}"
+        reporter.note(f"{result.name}: failed: {result.note}")
+
+    def unmount(target: Target, result: TargetResult, cm: Any) -> None:
+        reporter.start(f"{target.name}: unmounting", counted=False)
+        try:
+            cm.__exit__(None, None, None)
+        except (OSError, subprocess.SubprocessError, BenchError) as exc:
+            fail(result, exc)
+
+    with contextlib.ExitStack() as stack:
+        for target, result in zip(targets, results, strict=True):
+            reason = target.unavailable()
+            if reason:
+                result.status, result.note = "skipped", reason
+                reporter.note(f"{target.name}: skipped: {reason}")
+                reporter.advance(steps)
+                continue
+            result.version = target.version()
+            reporter.start(f"{target.name}: mounting", counted=False)
+            cm = target.mount(workdir, reporter.note)
+            try:
+                mounted = cm.__enter__()
+            except (OSError, subprocess.SubprocessError, BenchError) as exc:
+                fail(result, exc)
+                reporter.advance(steps)
+                continue
+            stack.callback(unmount, target, result, cm)
             result.pid = mounted.pid
             if mounted.pid is not None:
                 result.startup_hwm_kib = read_status_kib(mounted.pid, "VmHWM")
+            live.append((target, result, mounted))
+            done[target.name] = 0
+        try:
             for wl in workloads:
                 for i in range(repeat):
-                    reporter.start(f"{target.name}: {wl.label} #{i + 1}/{repeat}")
-                    if mounted.pid is not None:
-                        result.rss_reset = reset_peak_rss(mounted.pid)
-                    figures = wl.run(mounted.path, i, cfg)
-                    for key, value in figures.items():
-                        result.samples.setdefault(key, []).append(value)
-                    if mounted.pid is not None:
-                        hwm = read_status_kib(mounted.pid, "VmHWM")
-                        if hwm is not None:
-                            result.rss_kib.setdefault(wl.name, []).append(hwm)
-                    done += 1
-                    reporter.advance()
-            reporter.start(f"{target.name}: unmounting", counted=False)
-        result.status = "ok"
-    except KeyboardInterrupt:
-        result.status, result.note = "interrupted", "interrupted by the user"
-        raise
-    except (OSError, subprocess.SubprocessError, BenchError) as exc:
-        result.status, result.note = "failed", f"{type(exc).__name__}: {exc}"
-        reporter.note(f"{target.name}: failed: {result.note}")
-    finally:
-        reporter.advance(steps - done)
-    return result
+                    for target, result, mounted in live:
+                        if result.status == "failed":
+                            continue
+                        reporter.start(f"{target.name}: {wl.label} #{i + 1}/{repeat}")
+                        if mounted.pid is not None:
+                            result.rss_reset = reset_peak_rss(mounted.pid)
+                        try:
+                            figures = wl.run(mounted.path, i, cfg)
+                        except (OSError, subprocess.SubprocessError, BenchError) as exc:
+                            fail(result, exc)
+                            reporter.advance(steps - done[target.name])
+                            continue
+                        for key, value in figures.items():
+                            result.samples.setdefault(key, []).append(value)
+                        if mounted.pid is not None:
+                            hwm = read_status_kib(mounted.pid, "VmHWM")
+                            if hwm is not None:
+                                result.rss_kib.setdefault(wl.name, []).append(hwm)
+                        done[target.name] += 1
+                        reporter.advance()
+                        settle(mounted.pid)
+        except KeyboardInterrupt:
+            for _, result, _ in live:
+                if result.status != "failed":
+                    result.status, result.note = "interrupted", "interrupted by the user"
+            raise
+        for _, result, _ in live:
+            if result.status == "pending":
+                result.status = "ok"
+    return results
 
 
 def _parse_targets(value: str | None, parser: argparse.ArgumentParser) -> list[str]:
@@ -1466,9 +1529,8 @@ def main(argv: list[str] | None = None) -> int:
                 "workdir": str(run_dir),
                 "wasmer_dfs_cmd": args.wasmer_dfs_cmd,
             }
-            for name in names:
-                target = make_target(name, args.wasmer_dfs_cmd)
-                results.append(run_target(target, run_dir, workloads, cfg, args.repeat, reporter))
+            targets = [make_target(name, args.wasmer_dfs_cmd) for name in names]
+            results.extend(run_targets(targets, run_dir, workloads, cfg, args.repeat, reporter))
     except KeyboardInterrupt:
         print("fsbench: interrupted; mounts were torn down", file=sys.stderr)
         exit_code = 130

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -399,3 +401,82 @@ def test_plain_reporter_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert "[1/2] plain: seq #1/1" in err
     assert "fsbench: plain: unmounting" in err and "fsbench: hello" in err
     assert rep.done == 2
+
+
+# --------------------------------------------------------------------------- interleaving
+
+
+class _DirTarget:
+    """A target that "mounts" a directory and records what happens to it."""
+
+    def __init__(self, name: str, events: list[str], missing: str | None = None) -> None:
+        self.name = name
+        self.events = events
+        self.missing = missing
+
+    def unavailable(self) -> str | None:
+        return self.missing
+
+    def version(self) -> str:
+        return "1"
+
+    @contextlib.contextmanager
+    def mount(self, workdir: Path, notes: fb.Notes) -> Iterator[fb.Mounted]:
+        path = workdir / self.name
+        path.mkdir()
+        self.events.append(f"mount {self.name}")
+        try:
+            yield fb.Mounted(path)
+        finally:
+            self.events.append(f"unmount {self.name}")
+
+
+def test_targets_run_interleaved_and_a_failing_one_is_left_out(tmp_path: Path) -> None:
+    events: list[str] = []
+
+    def step(path: Path, index: int, cfg: fb.WorkloadConfig) -> dict[str, float]:
+        name = path.name
+        if name == "b" and index == 1:
+            raise fb.BenchError("disk full")
+        events.append(f"{name}#{index}")
+        return {"x": float(index + 1)}
+
+    wl = fb.Workload("w", "w", (fb.Figure("x", "x", "ops/s", True),), step)
+    targets = [
+        _DirTarget("a", events),
+        _DirTarget("b", events),
+        _DirTarget("c", events, missing="not installed"),
+        _DirTarget("d", events),
+    ]
+    with fb.Reporter(3 * 4, fancy=False) as reporter:
+        results = fb.run_targets(targets, tmp_path, [wl], TINY, 3, reporter)
+
+    assert events == [
+        "mount a", "mount b", "mount d",
+        "a#0", "b#0", "d#0", "a#1", "d#1", "a#2", "d#2",
+        "unmount d", "unmount b", "unmount a",
+    ]  # fmt: skip
+    status = {r.name: (r.status, r.samples.get("x")) for r in results}
+    assert status == {
+        "a": ("ok", [1.0, 2.0, 3.0]),
+        "b": ("failed", [1.0]),
+        "c": ("skipped", None),
+        "d": ("ok", [1.0, 2.0, 3.0]),
+    }
+    assert "disk full" in results[1].note
+
+
+def test_settle_returns_for_an_idle_process_and_waits_for_a_busy_one() -> None:
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        start = time.monotonic()
+        fb.settle(idle.pid, quiet=0.2, limit=5.0)
+        assert time.monotonic() - start < 2.0
+        start = time.monotonic()
+        fb.settle(busy.pid, quiet=0.2, limit=1.5)
+        assert time.monotonic() - start >= 1.4
+    finally:
+        for proc in (idle, busy):
+            proc.kill()
+            proc.wait()
