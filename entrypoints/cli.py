@@ -613,12 +613,19 @@ def token_sudo() -> None:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
-    """Benchmarks this file system side by side with gocryptfs, CryFS, sshfs and a plain directory"""
+    """Benchmarks this file system side by side with gocryptfs, CryFS, sshfs and a plain directory;
+    `bench replication` measures propagation between two mounts and initial sync"""
+    args = list(ctx.args)
     try:
-        from bench.fsbench import main as bench_main
+        if args[:1] == ["replication"]:
+            from bench.replication import main as bench_main
+
+            args = args[1:]
+        else:
+            from bench.fsbench import main as bench_main
     except ImportError:
         fail("the benchmark suite (bench/) is not installed with this copy", 2)
-    raise typer.Exit(bench_main(list(ctx.args)))
+    raise typer.Exit(bench_main(args))
 
 
 from entrypoints.serve import serve as serve_command  # noqa: E402

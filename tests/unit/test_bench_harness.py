@@ -480,3 +480,17 @@ def test_settle_returns_for_an_idle_process_and_waits_for_a_busy_one() -> None:
         for proc in (idle, busy):
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [
+        (["bench", "--bogus"], "usage: wasmer-dfs bench"),
+        (["bench", "replication", "--bogus"], "usage: python -m bench.replication"),
+    ],
+)
+def test_the_bench_command_reaches_both_suites(argv: list[str], usage: str) -> None:
+    exe = Path(sys.executable).with_name("wasmer-dfs")
+    proc = subprocess.run([str(exe), *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert usage in proc.stderr and "--bogus" in proc.stderr
