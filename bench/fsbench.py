@@ -1279,10 +1279,12 @@ def read_cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def settle(pid: int | None, quiet: float = 0.5, limit: float = 60.0) -> None:
+def settle(pid: int | None, quiet: float = 2.5, limit: float = 60.0) -> None:
     """Waits until the daemon that just ran a workload has stopped working (under 2 % of a CPU
     for ``quiet`` seconds; at most ``limit`` seconds), so that work it deferred to an idle
-    moment (a compaction, a flush) does not run while the next target is measured."""
+    moment (a compaction, a flush) does not run while the next target is measured. ``quiet``
+    outlasts the wait of wasmer-dfs' compaction for an idle moment (a second without requests,
+    checked every second)."""
     if pid is None:
         return
     deadline = time.monotonic() + limit
