@@ -13,6 +13,7 @@ malformed host name before any query.
 
 from __future__ import annotations
 
+import abc
 import ipaddress
 import secrets
 import socket
@@ -98,16 +99,27 @@ def check_port(port: int) -> None:
         raise ResolveError(f"port {port} is out of range (0 to 65535)")
 
 
-# --- the system's resolver -----------------------------------------------------------------------
-class SystemResolver(Resolver):
-    """``getaddrinfo``: /etc/hosts, the system's DNS servers and search domains."""
+class NameResolver(Resolver):
+    """What every resolver here does first: check the port, answer IP literals and ``localhost``
+    itself, and turn the host into the name to look up (``resolve_name``)."""
 
     def resolve(self, host: str, port: int) -> list[tuple[str, int]]:
         check_port(port)
         literal = literal_addresses(host, port)
         if literal is not None:
             return literal
-        name = host_name(host)
+        return self.resolve_name(host_name(host), host, port)
+
+    @abc.abstractmethod
+    def resolve_name(self, name: str, host: str, port: int) -> list[tuple[str, int]]:
+        """The addresses of ``name`` (``host`` as given, for messages)."""
+
+
+# --- the system's resolver -----------------------------------------------------------------------
+class SystemResolver(NameResolver):
+    """``getaddrinfo``: /etc/hosts, the system's DNS servers and search domains."""
+
+    def resolve_name(self, name: str, host: str, port: int) -> list[tuple[str, int]]:
         try:
             infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
@@ -124,19 +136,14 @@ class SystemResolver(Resolver):
 
 
 # --- the in-memory fake --------------------------------------------------------------------------
-class MemoryResolver(Resolver):
+class MemoryResolver(NameResolver):
     """Names from a dict (name -> addresses); records every name it was asked for."""
 
     def __init__(self, names: Mapping[str, Sequence[str]] | None = None) -> None:
         self.names = {host_name(k): list(v) for k, v in (names or {}).items()}
         self.queries: list[str] = []
 
-    def resolve(self, host: str, port: int) -> list[tuple[str, int]]:
-        check_port(port)
-        literal = literal_addresses(host, port)
-        if literal is not None:
-            return literal
-        name = host_name(host)
+    def resolve_name(self, name: str, host: str, port: int) -> list[tuple[str, int]]:
         self.queries.append(name)
         addresses = self.names.get(name)
         if not addresses:
@@ -286,7 +293,7 @@ def follow(answers: Sequence[Record], name: str, qtype: int) -> tuple[list[str],
 
 
 # --- the DNS client ------------------------------------------------------------------------------
-class DnsResolver(Resolver):
+class DnsResolver(NameResolver):
     """Asks one DNS server (an IP address) for A and AAAA records; IPv4 addresses come first."""
 
     def __init__(
@@ -315,12 +322,7 @@ class DnsResolver(Resolver):
         host, port = self.server
         return f"[{host}]:{port}" if self.family == socket.AF_INET6 else f"{host}:{port}"
 
-    def resolve(self, host: str, port: int) -> list[tuple[str, int]]:
-        check_port(port)
-        literal = literal_addresses(host, port)
-        if literal is not None:
-            return literal
-        name = host_name(host)
+    def resolve_name(self, name: str, host: str, port: int) -> list[tuple[str, int]]:
         found = self._lookup(name, TYPE_A, 0) + self._lookup(name, TYPE_AAAA, 0)
         if not found:
             raise ResolveError(f"{host!r} has no address (no A or AAAA record at {self.where})")
