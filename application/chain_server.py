@@ -5,12 +5,14 @@ Synchronous and free of any event loop (ADR 0002): the websocket adapter
 (``adapters/ws_server.py``) reads frames, calls a ``Peer``, sends what ``Peer.next_output``
 hands it, runs ``ChainHost.sync`` off the loop and reports its end with ``made_durable``.
 
-Trust (ADR 0004, 0008): the server holds no key that decrypts and never needs a passcode. A
-transaction is accepted when its events parse, none of them is already in the chain, every
-signature verifies against the chain's public keys and covers exactly this transaction, its
-signers may write what it writes (the chain root write key is the header's ``root_key_hash``),
-and no timestamp lies further in the future than the tolerance. A ``LocalSeal`` proves nothing
-here and is refused wherever it appears.
+Trust (ADR 0004, 0008, 0013): the server holds no key that decrypts and never needs a passcode.
+A transaction is accepted when its events parse, each event and the seal carry only what the
+allow-list of domain/trust.py admits (one object written or deleted per event; signatures and a
+timestamp on the seal; no replica bookkeeping such as ``LocalSeal``, ``Origin`` or ``Uploaded``),
+none of its events is already in the chain, every signature verifies against the chain's public
+keys and covers exactly this transaction (its seal included), its signers may write what it
+writes (the chain root write key is the header's ``root_key_hash``), and no timestamp lies
+further in the future than the tolerance. Replicas run the same rules on what they receive.
 
 Memory: a host keeps the chain index (one entry per live object), the hashes of every event
 accepted (to refuse replays) and the start of every transaction (8 bytes each, to check resume
@@ -47,13 +49,14 @@ from domain.chain import (
     ChainIndex,
     Located,
     Pipeline,
+    ShapeValidator,
     SignatureValidator,
     TimestampValidator,
     Transaction,
     Validator,
 )
 from domain.errors import DomainError
-from domain.events import EventHeader, LocalSeal, parse_header
+from domain.events import EventHeader, parse_header
 from domain.hashing import EMPTY_HASH, h
 from domain.wire import (
     PROTOCOL_VERSIONS,
@@ -171,7 +174,9 @@ class ChainState:
         self.clock = clock
         self.config = config
         self.index = ChainIndex(chain_id=header.chain_id, root_write=header.root_write)
-        self._authz = AuthorizationValidator([SignatureValidator(crypto.verify)])
+        signatures = SignatureValidator(crypto.verify, legacy=header.version < 2)
+        self._shape = ShapeValidator(local=False)
+        self._authz = AuthorizationValidator([signatures])
         self._seen: set[bytes] = set()
 
     def transaction(self, records: Sequence[CommitRecord]) -> Transaction:
@@ -186,11 +191,6 @@ class ChainState:
                 hdr = _parse(rec.meta, rec.fmt, rec.data)
             except DomainError as exc:
                 raise CommitRejected(f"record {i} is malformed: {exc}") from None
-            if hdr.find(LocalSeal) is not None:
-                raise CommitRejected(
-                    "a local seal is never accepted from the wire: seal the transaction with a"
-                    " signature"
-                )
             headers.append(hdr)
         return Transaction(tuple(Located(hdr, None) for hdr in headers[:-1]), headers[-1])
 
@@ -212,11 +212,13 @@ class ChainState:
                 )
             fresh.add(eh)
         tolerance = self.config.limits.tolerance_ms
-        self.check(tx, [self._authz, TimestampValidator(self.clock.now_ms(), tolerance)])
+        self.check(
+            tx, [self._shape, self._authz, TimestampValidator(self.clock.now_ms(), tolerance)]
+        )
 
     def check_stored(self, tx: Transaction) -> None:
         """The rules a transaction of the server's own log must still pass at replay."""
-        self.check(tx, [self._authz])
+        self.check(tx, [self._shape, self._authz])
 
     def check(self, tx: Transaction, validators: Sequence[Validator]) -> None:
         try:

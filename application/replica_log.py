@@ -35,7 +35,8 @@ from domain.events import (
     encode_meta,
     parse_header,
 )
-from domain.hashing import EMPTY_HASH, event_hash, h, transaction_digest
+from domain.hashing import EMPTY_HASH, event_hash, h
+from domain.trust import transaction_shape
 from domain.wire import CommitRecord, WireRecord
 
 
@@ -56,7 +57,7 @@ class Upload:
     records: list[CommitRecord]
     upto: int  # the local log position after the last event it carries
     events: int
-    digest: bytes = b""  # what its seal signs (``ReplicaLog.sign`` adds the seal)
+    hashes: tuple[bytes, ...] = ()  # its events' hashes (``ReplicaLog.sign`` adds the seal)
 
 
 class _Signers:
@@ -82,7 +83,9 @@ class ReplicaLog:
         self._offline: Counter[int] = Counter()
         #: whether the server is reachable now (local transactions made while not are offline)
         self.online = False
-        self._signatures = SignatureValidator(session.crypto.verify)
+        self._signatures = SignatureValidator(
+            session.crypto.verify, legacy=session.header.version < 2
+        )
         #: hash prefixes of local events the server holds from another writer (not uploaded)
         self.drop_events: set[bytes] = set()
         #: called after each local transaction is sealed (the uploader wakes up)
@@ -185,13 +188,12 @@ class ReplicaLog:
         if not records:
             # nothing left to send (every event dropped): only the position moves on
             return Upload([], upto, 0) if upto > self.uploaded_upto else None
-        digest = transaction_digest(self.session.header.chain_id, hashes)
-        return Upload(records, upto, len(hashes), digest)
+        return Upload(records, upto, len(hashes), tuple(hashes))
 
     def sign(self, upload: Upload) -> Upload:
         """The upload with its seal: one ML-DSA signature over its events (~7 ms: run it off
         the loop; it touches nothing but the session's key)."""
-        seal = self.session.signed_seal(upload.digest)
+        seal = self.session.signed_seal(upload.hashes)
         fmt = self.session.formats.meta
         records = [*upload.records, CommitRecord(encode_meta(seal, fmt), int(fmt))]
         return Upload(records, upload.upto, upload.events)
@@ -250,11 +252,12 @@ class ReplicaLog:
             headers = [_wire_header(r) for r in records]
         except DomainError as exc:
             raise ChainIntegrityError(f"the server streamed a malformed event: {exc}") from None
-        for hd in headers:
-            if hd.find(LocalSeal) or hd.find(Origin) or hd.find(Uploaded):
-                raise ChainIntegrityError(
-                    "the server streamed a local seal or replica bookkeeping: refused"
-                )
+        try:
+            transaction_shape(headers[:-1], headers[-1], local=False)
+        except DomainError as exc:
+            raise ChainIntegrityError(
+                f"the server streamed a forbidden transaction: {exc}"
+            ) from None
         return headers
 
     def append_remote(

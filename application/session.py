@@ -38,6 +38,7 @@ from domain.chain import (
     LocalSealAuthenticator,
     Located,
     Pipeline,
+    ShapeValidator,
     SignatureValidator,
     Transaction,
 )
@@ -73,10 +74,13 @@ from domain.hashing import (
     seal_key,
     transaction_digest,
 )
+from domain.trust import signed_digest
 
 CHAIN_KEY_OBJECT = 2
 TYPE_CHAIN_KEY = "chain-key"
-HEADER_VERSION = 1
+#: 2: signatures cover the seal's metadata too (domain/trust.py); version 1 chains keep their
+#: older signatures valid
+HEADER_VERSION = 2
 KEY_CHECK = b"wasmer-dfs/key-check/v1"
 #: random bytes that make an event without encrypted data unique (``Nonce``)
 NONCE_BYTES = 8
@@ -100,6 +104,15 @@ class ChainIntegrityError(SessionError):
     pass
 
 
+#: Argon2id costs a chain header may demand (docs/adr/0014): they admit every cost this program
+#: writes (DEFAULT_KDF, the tests' (1, 8, 1)) and refuse a header - maybe a hostile server's -
+#: that would make a mount spend gigabytes or hours deriving a key
+KDF_ITERATIONS = (1, 64)
+KDF_MEMORY_KIB = (8, 4 * 1024 * 1024)  # 8 KiB .. 4 GiB
+KDF_LANES = (1, 64)
+KDF_SALT_BYTES = (16, 64)
+
+
 class KdfHeader(msgspec.Struct, frozen=True):
     salt: bytes
     iterations: int
@@ -108,6 +121,26 @@ class KdfHeader(msgspec.Struct, frozen=True):
 
     def params(self) -> KdfParams:
         return KdfParams(self.salt, self.iterations, self.memory_kib, self.lanes)
+
+    def check(self) -> None:
+        """``ChainIntegrityError`` when a cost or the salt lies outside sane bounds (checked
+        before any key is derived)."""
+        for what, value, (low, high) in (
+            ("iterations", self.iterations, KDF_ITERATIONS),
+            ("memory (KiB)", self.memory_kib, KDF_MEMORY_KIB),
+            ("lanes", self.lanes, KDF_LANES),
+            ("salt length", len(self.salt), KDF_SALT_BYTES),
+        ):
+            if not low <= value <= high:
+                raise ChainIntegrityError(
+                    f"the chain header asks for Argon2id {what} {value}, outside {low}..{high}:"
+                    " refused before deriving any key (a damaged or hostile header)"
+                )
+        if self.memory_kib < 8 * self.lanes:
+            raise ChainIntegrityError(
+                f"the chain header asks for Argon2id memory {self.memory_kib} KiB with"
+                f" {self.lanes} lanes (at least 8 KiB a lane): refused"
+            )
 
 
 class ChainHeader(msgspec.Struct, frozen=True):
@@ -120,6 +153,9 @@ class ChainHeader(msgspec.Struct, frozen=True):
     key_check: bytes
     root_key_hash: bytes | None
     page_size: int
+    #: the --configured-for preset the chain was created with (docs/adr/0014); a remount
+    #: without --configured-for keeps it. None: a chain from before presets were recorded.
+    configured_for: str | None = None
 
     def encode(self) -> bytes:
         return msgspec.msgpack.encode(self)
@@ -197,11 +233,13 @@ class ChainSession:
         self._read_key_hash = key_hash(read_key) if read_key is not None else b""
         self.index = ChainIndex(chain_id=header.chain_id, root_write=header.root_write)
         self._seal_key = seal_key(read_key) if read_key is not None else None
-        authenticators: list[Authenticator] = [SignatureValidator(crypto.verify)]
+        authenticators: list[Authenticator] = [
+            SignatureValidator(crypto.verify, legacy=header.version < 2)
+        ]
         if self._seal_key is not None and header.root_key_hash is not None:
             authenticators.append(LocalSealAuthenticator(self._seal_key, header.root_key_hash))
         self.pipeline = Pipeline(
-            validators=[AuthorizationValidator(authenticators)],
+            validators=[ShapeValidator(local=True), AuthorizationValidator(authenticators)],
             indexers=list(indexers),
         )
         self._unwrapped: dict[bytes, bytes] = {}
@@ -235,6 +273,7 @@ class ChainSession:
         page_size: int,
         indexers: Sequence[Indexer] = (),
         kdf: tuple[int, int, int] = DEFAULT_KDF,
+        configured_for: str | None = None,
     ) -> ChainSession:
         chain_id = crypto.random(16)
         read_key: bytes | None = None
@@ -258,6 +297,7 @@ class ChainSession:
             key_check=key_check,
             root_key_hash=root_hash,
             page_size=page_size,
+            configured_for=configured_for,
         )
         log = logs.create(chain, header.encode())
         session = cls(log, header, crypto, clock, read_key, formats, indexers)
@@ -388,6 +428,7 @@ class ChainSession:
             raise SessionError("this chain is encrypted: a passcode is needed to mount it")
         if header.kdf is None:
             raise ChainIntegrityError("the chain header has no key-derivation parameters")
+        header.kdf.check()
         read_key = crypto.derive_key(passcode, header.kdf.params())
         try:
             if crypto.open(read_key, header.key_check, header.chain_id) != KEY_CHECK:
@@ -636,8 +677,7 @@ class ChainSession:
         meta: list[Meta] = [Timestamp(self.clock.now_ms())]
         digest = transaction_digest(self.header.chain_id, self._pending)
         if sign and self._signing is not None:
-            pk_hash, secret = self._signing
-            meta.insert(0, Signature(pk_hash, digest, self.crypto.sign(secret, digest)))
+            meta = self.signed_seal(self._pending)
         elif self._seal_key is not None:
             meta.insert(0, LocalSeal(local_mac(self._seal_key, self._tx_head, digest)))
         self._append_seal(meta)
@@ -670,12 +710,15 @@ class ChainSession:
     def can_sign(self) -> bool:
         return self._signing is not None
 
-    def signed_seal(self, digest: bytes) -> list[Meta]:
-        """Seal metadata over ``digest`` for other nodes: one ML-DSA signature of the chain's
-        root key (just a timestamp in a chain without keys)."""
+    def signed_seal(self, event_hashes: Sequence[bytes], head: bytes = b"") -> list[Meta]:
+        """Seal metadata for other nodes over a transaction of ``event_hashes`` (none: an
+        attestation of ``head``): a timestamp, and one ML-DSA signature of the chain's root key
+        over the events and that timestamp (``signed_digest``; just the timestamp in a chain
+        without keys)."""
         meta: list[Meta] = [Timestamp(self.clock.now_ms())]
         if self._signing is not None:
             pk_hash, secret = self._signing
+            digest = signed_digest(self.header.chain_id, event_hashes, meta, head)
             meta.insert(0, Signature(pk_hash, digest, self.crypto.sign(secret, digest)))
         elif self._read_key is not None:
             raise SessionError("the chain's signing key is not loaded yet")
@@ -721,14 +764,8 @@ class ChainSession:
         self.commit()
         if self._signing is None or not self.unattested:
             return False
-        pk_hash, secret = self._signing
         head = self.index.head
-        self.last_tx_start = self._append_seal(
-            [
-                Signature(pk_hash, head, self.crypto.sign(secret, head)),
-                Timestamp(self.clock.now_ms()),
-            ]
-        )
+        self.last_tx_start = self._append_seal(self.signed_seal([], head))
         self.index.attested = head
         return True
 

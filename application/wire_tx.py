@@ -13,7 +13,8 @@ from collections.abc import Iterable, Sequence
 from application.ports import LogRecord, RedoLog
 from domain.events import EventHeader, Meta, encode_meta, parse_header
 from domain.formats import Format
-from domain.hashing import EMPTY_HASH, h, transaction_digest
+from domain.hashing import EMPTY_HASH, h
+from domain.trust import signed_digest
 from domain.wire import CommitRecord, WireRecord
 
 
@@ -47,9 +48,12 @@ def header_of(record: CommitRecord | WireRecord) -> EventHeader:
     return parse_header(record.meta, record.fmt, h(data) if data is not None else EMPTY_HASH)
 
 
-def digest_of(chain_id: bytes, events: Iterable[CommitRecord | WireRecord]) -> bytes:
-    """What a signature over these events must cover (``transaction_digest``)."""
-    return transaction_digest(chain_id, (header_of(r).hash for r in events))
+def digest_of(
+    chain_id: bytes, events: Iterable[CommitRecord | WireRecord], seal: Sequence[Meta]
+) -> bytes:
+    """What a signature over these events, on a seal carrying ``seal`` besides its signatures,
+    must cover (``signed_digest``)."""
+    return signed_digest(chain_id, (header_of(r).hash for r in events), seal)
 
 
 def reseal(

@@ -45,7 +45,8 @@ from adapters.ws_client import ChainClient
 from application.session import HEADER_VERSION, ChainHeader
 from domain.events import DataKey, Meta, PublicKey, Signature, Timestamp, Type, make_header
 from domain.formats import Format
-from domain.hashing import key_hash, transaction_digest
+from domain.hashing import key_hash
+from domain.trust import signed_digest
 from domain.wire import CommitRecord, EndOfHistory, Events
 
 MIB = 1024 * 1024
@@ -81,10 +82,10 @@ class BenchChain:
             hdr = make_header(meta, Format.BINCODE, data)
             records.append(CommitRecord(hdr.meta_bytes, int(Format.BINCODE), data))
             hashes.append(hdr.hash)
-        digest = transaction_digest(self.chain_id, hashes)
+        ts = Timestamp(now_ms())
+        digest = signed_digest(self.chain_id, hashes, [ts])
         seal = make_header(
-            [Signature(self.root, digest, self.crypto.sign(self.secret, digest)),
-             Timestamp(now_ms())],
+            [Signature(self.root, digest, self.crypto.sign(self.secret, digest)), ts],
             Format.BINCODE, None,
         )  # fmt: skip
         records.append(CommitRecord(seal.meta_bytes, int(Format.BINCODE), None))

@@ -6,8 +6,9 @@ authorisations and the public keys seen. Domain-specific views (the file tree) p
 ``Indexer``s and see each accepted event after it is applied.
 
 A transaction is a run of events closed by a *seal* event that carries one signature per write
-key over ``transaction_digest(chain_id, hashes)``. Nothing of a transaction is applied until the
-whole of it validates.
+key over ``signed_digest`` (domain/trust.py: the chain id, the events' hashes and the seal's own
+metadata). What may stand in an event or a seal is an allow-list (``ShapeValidator``).
+Nothing of a transaction is applied until the whole of it validates.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from domain.hashing import (
     local_mac,
     transaction_digest,
 )
+from domain.trust import signed_digest, transaction_shape
 
 #: verify(public_key, message, signature) -> True when the signature holds
 Verifier = Callable[[bytes, bytes, bytes], bool]
@@ -232,17 +234,32 @@ class Authenticator(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class ShapeValidator:
+    """The allow-list of domain/trust.py: what may stand in each event and on the seal.
+    ``local``: a transaction of a replica's own log (its seals may carry bookkeeping)."""
+
+    local: bool = False
+
+    def validate(self, index: ChainIndex, tx: Transaction) -> None:
+        transaction_shape((e.header for e in tx.events), tx.seal, local=self.local)
+
+
+@dataclass(frozen=True, slots=True)
 class SignatureValidator:
-    """Every signature verifies and covers exactly this transaction on this chain - or, for a
-    transaction with no events (an attestation), the head of the chain at that point."""
+    """Every signature verifies and covers exactly this transaction on this chain, its seal
+    included (``signed_digest``) - or, for a transaction with no events (an attestation), the
+    head of the chain at that point. ``legacy``: a chain created before header version 2, whose
+    older signatures cover the events only (domain/trust.py says why that is still safe)."""
 
     verify: Verifier
+    legacy: bool = False
 
     def signers(self, index: ChainIndex, tx: Transaction) -> set[bytes]:
-        if tx.events:
-            digest = transaction_digest(index.chain_id, (e.header.hash for e in tx.events))
-        else:
-            digest = index.head
+        hashes = [e.header.hash for e in tx.events]
+        digest = signed_digest(index.chain_id, hashes, tx.seal.meta, index.head)
+        old = b""
+        if self.legacy:
+            old = transaction_digest(index.chain_id, hashes) if hashes else index.head
         keys = dict(index.public_keys)
         for e in tx.events:
             for m in e.header.meta:
@@ -250,12 +267,14 @@ class SignatureValidator:
                     keys[key_hash(m.key)] = m.key
         signers: set[bytes] = set()
         for sig in tx.signatures:
-            if sig.digest != digest:
-                raise BadSignature("a signature covers other events than this transaction's")
+            if sig.digest != digest and not (old and sig.digest == old):
+                raise BadSignature(
+                    "a signature covers other events than this transaction's (or another seal)"
+                )
             pk = keys.get(sig.public_key_hash)
             if pk is None:
                 raise BadSignature("a signature names a public key the chain does not hold")
-            if not self.verify(pk, digest, sig.signature):
+            if not self.verify(pk, sig.digest, sig.signature):
                 raise BadSignature("a signature does not verify")
             signers.add(sig.public_key_hash)
         return signers
@@ -315,18 +334,33 @@ class AuthorizationValidator:
 
         def require(option: WriteOption, key: int) -> None:
             if not _allowed(option, signers):
-                raise Unauthorised(f"write to object {key} is not authorised by its signers")
+                what = f"write to object {key}" if key else "an attestation of the chain"
+                raise Unauthorised(f"{what} is not authorised by its signers")
 
+        if not tx.events:
+            # an attestation vouches for the whole chain: only who may write at its root
+            if tx.signatures:
+                require(index.root_write, 0)
+            return
         skipped = tx.skipped
         for ev in tx.events:
             hdr = ev.header
             tomb = hdr.find(Tombstone)
             dk = hdr.find(DataKey)
             key = tomb.key if tomb is not None else (dk.key if dk is not None else None)
-            if key is None or key in skipped:
-                continue
+            if key is None:
+                raise MalformedEvent("an event must write or delete one object")
             parent = hdr.find(Parent)
             existing = overlay[key] if key in overlay else index.objects.get(key)
+            if key in skipped:
+                # a replica does not apply this event (its own change to the object comes later
+                # in the server's order, or the object's parent is gone here): it is still
+                # checked against what this replica knows, and changes nothing of the overlay
+                if existing is not None:
+                    require(index.effective_write(key, overlay), key)
+                elif tomb is None:
+                    require(index.effective_write(parent.parent if parent else None, overlay), key)
+                continue
             if tomb is not None:
                 if existing is None:
                     continue  # deleting what does not exist changes nothing

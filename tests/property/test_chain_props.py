@@ -82,6 +82,7 @@ from domain.hashing import (
     seal_key,
     transaction_digest,
 )
+from domain.trust import signed_digest
 from tests.fakes import (
     FAST_KDF,
     DeterministicCrypto,
@@ -168,7 +169,9 @@ def test_payloads_round_trip_and_a_wrong_passcode_changes_nothing(
     raw = bytes(logs.disk(CHAIN))
     if encrypted:
         for p in payloads:
-            if len(p) >= 8:
+            # (runs of one or two byte values occur in clear anyway: ML-DSA signatures end in
+            # zero padding)
+            if len(p) >= 8 and len(set(p)) > 2:
                 assert p not in raw, "a payload is in the log in clear"
     want: State = {100 + i: p for i, p in enumerate(payloads)}
     if encrypted:
@@ -489,7 +492,7 @@ def sig(pair: tuple[bytes, bytes], digest: bytes) -> Signature:
 def signed(
     events: tuple[Located, ...], *signers: tuple[bytes, bytes], chain_id: bytes = CHAIN_ID
 ) -> Transaction:
-    digest = transaction_digest(chain_id, (e.header.hash for e in events))
+    digest = signed_digest(chain_id, (e.header.hash for e in events), [Timestamp(1)])
     seal = make_header([*(sig(p, digest) for p in signers), Timestamp(1)], F, None)
     return Transaction(events, seal)
 
@@ -584,7 +587,7 @@ def test_a_seal_replayed_on_another_chain_is_rejected() -> None:
 def test_a_signature_must_verify_under_the_key_it_names() -> None:
     a, b = keys()
     events = (ev(DataKey(1)),)
-    digest = transaction_digest(CHAIN_ID, (e.header.hash for e in events))
+    digest = signed_digest(CHAIN_ID, (e.header.hash for e in events), [])
     good = sig(a, digest).signature
     flipped = bytes([good[0] ^ 1]) + good[1:]
     cases = [
@@ -606,8 +609,14 @@ def test_an_attestation_validates_only_at_the_head_it_signs() -> None:
     index = new_index()
     pipeline().accept(index, signed((ev(DataKey(1)),), a))
     head = index.head
-    attestation = Transaction((), make_header([sig(a, head)], F, None))
+    digest = signed_digest(CHAIN_ID, [], [], head)
+    attestation = Transaction((), make_header([sig(a, digest)], F, None))
     assert SignatureValidator(_SIGNER.verify).signers(index, attestation) == {hA()}
+    # a chain of header version 1 also takes the older form, a signature over the bare head
+    legacy = Transaction((), make_header([sig(a, head)], F, None))
+    assert SignatureValidator(_SIGNER.verify, legacy=True).signers(index, legacy) == {hA()}
+    with pytest.raises(BadSignature):
+        SignatureValidator(_SIGNER.verify).signers(index, legacy)
     later = new_index()
     pipeline().accept(later, signed((ev(DataKey(1)),), a))
     pipeline().accept(later, signed((ev(DataKey(2)),), a))

@@ -129,9 +129,10 @@ class LocalChain:
         signing = self.session._signing
         assert signing is not None
         pk_hash, root_secret = signing
-        digest = digest_of(self.chain_id, events)
+        ts = Timestamp(self.clock.now_ms())
+        digest = digest_of(self.chain_id, events, [ts])
         sig = self.crypto.sign(secret or root_secret, digest)
-        return [Signature(pk_hash, digest, sig), Timestamp(self.clock.now_ms())]
+        return [Signature(pk_hash, digest, sig), ts]
 
     def signed(self, tx: list[CommitRecord]) -> list[CommitRecord]:
         """``tx`` (a local transaction, maybe sealed locally) with a root-key signature seal."""

@@ -289,7 +289,7 @@ async def test_forged_and_wrongly_signed_transactions_are_refused(
         await a.commit(forged, timeout=10)
 
     # signed by a key the chain does not hold
-    digest = digest_of(chain.chain_id, tx[:-1])
+    digest = digest_of(chain.chain_id, tx[:-1], [])
     unknown = reseal(
         tx, [Signature(key_hash(mallory_pk), digest, chain.crypto.sign(mallory_sk, digest))]
     )
@@ -300,7 +300,7 @@ async def test_forged_and_wrongly_signed_transactions_are_refused(
     meta: list[Meta] = [DataKey(77), Type("blob"), PublicKey(mallory_pk)]
     ev = make_header([*meta, Timestamp(chain.clock.now_ms())], Format.BINCODE, None)
     events = [CommitRecord(ev.meta_bytes, 1, None)]
-    digest = digest_of(chain.chain_id, events)
+    digest = digest_of(chain.chain_id, events, [])
     self_signed = [
         *events,
         CommitRecord(

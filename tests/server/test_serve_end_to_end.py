@@ -65,9 +65,10 @@ async def upload(client: ChainClient, mounted: Mounted) -> int:
         if header_of(tx[-1]).find(LocalSeal) is not None:
             assert signing is not None
             pk_hash, secret = signing
-            digest = digest_of(session.header.chain_id, tx[:-1])
+            ts = Timestamp(session.clock.now_ms())
+            digest = digest_of(session.header.chain_id, tx[:-1], [ts])
             sig = Signature(pk_hash, digest, session.crypto.sign(secret, digest))
-            tx = reseal(tx, [sig, Timestamp(session.clock.now_ms())])
+            tx = reseal(tx, [sig, ts])
         end = (await client.commit(tx, timeout=10)).end
     return end
 

@@ -20,6 +20,7 @@ from application.session import (
 from domain.chain import Located
 from domain.events import LocalSeal, Meta, Signature, decode_meta, encode_meta
 from domain.formats import Format
+from domain.trust import signed_digest
 from tests.fakes import FAST_KDF, FastCrypto, LatestEvents, frames, rewrite_meta
 
 CHAIN = "unit"
@@ -263,11 +264,14 @@ def test_attest_signs_the_head_and_the_signature_validates_on_reopen(
     raw = bytes(logs.disk(CHAIN))
     last = frames(raw)[-1]
     assert last.commit
-    sigs = [m for m in decode_meta(last.meta, Format(last.fmt)) if isinstance(m, Signature)]
-    assert len(sigs) == 1 and sigs[0].digest == head
+    seal = decode_meta(last.meta, Format(last.fmt))
+    sigs = [m for m in seal if isinstance(m, Signature)]
+    # the signature covers the head and the seal's timestamp (domain/trust.py)
+    digest = signed_digest(s.header.chain_id, [], seal, head)
+    assert len(sigs) == 1 and sigs[0].digest == digest
     s2 = reopen(logs, crypto, clock)
     public = s2.index.public_keys[sigs[0].public_key_hash]
-    assert crypto.verify(public, head, sigs[0].signature)
+    assert crypto.verify(public, digest, sigs[0].signature)
     assert s2.index.attested == s2.index.head == head
     assert not s2.unattested
     s2.close()
