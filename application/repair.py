@@ -46,7 +46,8 @@ from application.session import (
 )
 from domain.chain import ObjectInfo
 from domain.compaction import Planner
-from domain.events import EventHeader, Type
+from domain.errors import DomainError
+from domain.events import EventHeader, Origin, Type, Uploaded, parse_header
 from domain.fs.model import (
     ROOT_INO,
     TYPE_DENTRY,
@@ -58,6 +59,7 @@ from domain.fs.model import (
     InodeData,
 )
 from domain.fs.view import FsView
+from domain.hashing import EMPTY_HASH
 
 LOST_FOUND = b"lost+found"
 #: object types whose data is sealed as event data (AES-GCM with the metadata hash bound)
@@ -161,6 +163,14 @@ class Repairer:
         read_key = ChainSession.check_passcode(header, passcode, self.crypto)
         dlog = self.logs.open_damaged(chain)
         try:
+            if _is_replica(dlog):
+                raise RepairError(
+                    "this log is a replica of a chain held by a chain server (its seals carry"
+                    " the replica's bookkeeping with the server): a repair would rewrite it,"
+                    " which a replica must not (docs/adr/0009). Delete the replica's log"
+                    " directory and mount the chain's URL again to resynchronise it from the"
+                    " server"
+                )
             tmp = self.logs.create_temp(chain, dlog.header)
             try:
                 report = self._salvage(header, read_key, formats, dlog, tmp)
@@ -338,6 +348,22 @@ class Repairer:
         except (LogError, ChainIntegrityError):
             return False
         return True
+
+
+def _is_replica(dlog: DamagedLog) -> bool:
+    """Whether an intact seal of ``dlog`` carries replica bookkeeping (``Origin`` on a streamed
+    transaction, ``Uploaded`` after a confirmed upload): only replicas write them."""
+    for item in dlog.records():
+        if isinstance(item, DamagedSpan) or not item.commit:
+            continue
+        data_hash = item.data.data_hash if item.data is not None else EMPTY_HASH
+        try:
+            seal = parse_header(item.meta, item.fmt, data_hash)
+        except DomainError:
+            continue  # damage: the repair proper reports it
+        if seal.find(Origin) is not None or seal.find(Uploaded) is not None:
+            return True
+    return False
 
 
 def _path(names: dict[int, tuple[int, bytes]], ino: int | None, leaf: bytes | None = None) -> str:
