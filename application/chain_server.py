@@ -5,7 +5,7 @@ Synchronous and free of any event loop (ADR 0002): the websocket adapter
 (``adapters/ws_server.py``) reads frames, calls a ``Peer``, sends what ``Peer.next_output``
 hands it, runs ``ChainHost.sync`` off the loop and reports its end with ``made_durable``.
 
-Trust (ADR 0004, 0008, 0013): the server holds no key that decrypts and never needs a passcode.
+Trust (ADR 0004, 0008, 0015): the server holds no key that decrypts and never needs a passcode.
 A transaction is accepted when its events parse, each event and the seal carry only what the
 allow-list of domain/trust.py admits (one object written or deleted per event; signatures and a
 timestamp on the seal; no replica bookkeeping such as ``LocalSeal``, ``Origin`` or ``Uploaded``),
@@ -155,6 +155,11 @@ def check_header(body: bytes) -> ChainHeader:
         raise Refused("the chain header's chain id must be 8 to 64 bytes")
     if header.root_key_hash is not None and len(header.root_key_hash) != 32:
         raise Refused("the chain header's root key hash must be 32 bytes")
+    if header.kdf is not None:
+        try:
+            header.kdf.check()  # a chain no mount could open, or only at an absurd cost
+        except ChainIntegrityError as exc:
+            raise Refused(str(exc)) from None
     return header
 
 

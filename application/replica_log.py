@@ -260,15 +260,11 @@ class ReplicaLog:
             ) from None
         return headers
 
-    def append_remote(
-        self, records: Sequence[WireRecord], headers: Sequence[EventHeader], end: int
-    ) -> Transaction:
-        """Record a streamed transaction with its server position and apply it, except to the
-        objects this replica changed and the server has not confirmed (the server orders that
-        change after this one) and to objects whose parent this replica no longer has.
-        ``ChainIntegrityError`` when its signatures or authorisation do not hold."""
-        session = self.session
-        index = session.index
+    def check_remote(self, headers: Sequence[EventHeader], end: int) -> list[Meta]:
+        """The checks of ``append_remote`` without its effects: the seal metadata to record
+        (with its ``Origin``), or ``ChainIntegrityError`` when the transaction's signatures or
+        authorisation do not hold - for the objects this replica skips too."""
+        index = self.session.index
         events = tuple(Located(hd, None) for hd in headers[:-1])
         whole = Transaction(events, headers[-1])
         try:
@@ -286,11 +282,21 @@ class ReplicaLog:
             raise ChainIntegrityError(
                 f"the server streamed an unauthorised transaction: {exc}"
             ) from None
+        return seal_meta
+
+    def append_remote(
+        self, records: Sequence[WireRecord], headers: Sequence[EventHeader], end: int
+    ) -> Transaction:
+        """Record a streamed transaction with its server position and apply it, except to the
+        objects this replica changed and the server has not confirmed (the server orders that
+        change after this one) and to objects whose parent this replica no longer has.
+        ``ChainIntegrityError`` when its signatures or authorisation do not hold."""
+        seal_meta = self.check_remote(headers, end)
         recs = [
             (LogRecord(r.meta, r.fmt, r.data, False, hd.data_hash), hd)
             for r, hd in zip(records[:-1], headers[:-1], strict=True)
         ]
-        tx = session.append_foreign(recs, seal_meta)
+        tx = self.session.append_foreign(recs, seal_meta)
         self.remote_cursor = max(self.remote_cursor, end)
         return tx
 

@@ -2,7 +2,7 @@
 
 Every transaction that crosses the wire - a client's commit to the server, a record the server
 streams to a replica - is checked against the same allow-list, by the server and by every
-replica, before anything else looks at it (docs/adr/0013-trust-allow-list.md):
+replica, before anything else looks at it (docs/adr/0015-trust-allow-list.md):
 
 - an *event* carries exactly one ``DataKey`` or ``Tombstone`` (it writes or deletes one object;
   nothing else may change a chain), and otherwise only the kinds in ``EVENT_KINDS``;
