@@ -9,17 +9,38 @@ from application import checkpoint
 from application.compaction import Compactor, Hook, Progress
 from application.filesystem import FileSystemService, FsIndexer
 from application.ports import Clock, Crypto, LogError, RedoLogFactory
-from application.session import DEFAULT_KDF, ChainIntegrityError, ChainSession, Formats
+from application.session import (
+    DEFAULT_KDF,
+    ChainHeader,
+    ChainIntegrityError,
+    ChainSession,
+    Formats,
+    SessionError,
+)
 from domain.compaction import CompactPolicy
+from domain.formats import Format
 from domain.fs.model import DEFAULT_PAGE_SIZE
 from domain.fs.view import FsView
+from domain.presets import Preset, PresetError, choose, settings
+
+
+@dataclass(frozen=True, slots=True)
+class Configuration:
+    """What `--configured-for`, `--meta-format` and `--data-format` ask for (docs/adr/0014):
+    ``preset`` None takes the one recorded in the chain header (else the default); a format
+    None takes the preset's."""
+
+    preset: Preset | None = None
+    meta: Format | None = None
+    data: Format | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class MountRequest:
     chain: str
     passcode: bytes | None  # None: --no-auth, an unencrypted chain
-    formats: Formats
+    #: the formats of new records: exactly these, or chosen by a preset (``Configuration``)
+    formats: Formats | Configuration
     uid: int
     gid: int
     read_only: bool = False
@@ -53,6 +74,9 @@ class Mounted:
     #: with a checkpoint, the log's records before this position were not checked at open
     #: (``checkpoint.check_prefix`` does it in the background of a mount)
     unchecked_until: int | None = None
+    #: the preset this mount uses, and a warning when it differs from the one recorded
+    preset: Preset = Preset.SPEED
+    preset_warning: str | None = None
 
     def close(self) -> None:
         """Write out everything, save a checkpoint, and close the log (idempotent)."""
@@ -85,6 +109,8 @@ class MountService:
         created = replica = False
         blob: bytes | None = None
         try:
+            preset, warning = self._preset(req)
+            formats = self._formats(req.formats, preset)
             if self.logs.exists(req.chain):
                 if req.use_checkpoint:
                     try:
@@ -92,22 +118,22 @@ class MountService:
                     except OSError:
                         blob = None
                 session = ChainSession.open(
-                    self.logs, req.chain, req.passcode, self.crypto, self.clock, req.formats,
+                    self.logs, req.chain, req.passcode, self.crypto, self.clock, formats,
                     read_only=req.read_only, resume_at=checkpoint.resume_position(blob),
                     check_name=not req.remote,
                 )  # fmt: skip
             elif req.replica_header is not None:
                 session = ChainSession.create_replica(
                     self.logs, req.chain, req.replica_header, req.passcode, self.crypto,
-                    self.clock, req.formats,
+                    self.clock, formats,
                 )  # fmt: skip
                 replica = True
             else:
                 if req.read_only:
                     raise ChainIntegrityError(f"there is no chain {req.chain!r} to mount read-only")
                 session = ChainSession.create(
-                    self.logs, req.chain, req.passcode, self.crypto, self.clock, req.formats,
-                    req.page_size, kdf=req.kdf,
+                    self.logs, req.chain, req.passcode, self.crypto, self.clock, formats,
+                    req.page_size, kdf=req.kdf, configured_for=preset.value,
                 )  # fmt: skip
                 created = True
         except LogError as exc:
@@ -115,7 +141,7 @@ class MountService:
         session.progress = progress
         indexer = FsIndexer(FsView(), session)
         session.add_indexer(indexer)
-        fs = FileSystemService(session, indexer, self.clock, req.formats.data, self.space)
+        fs = FileSystemService(session, indexer, self.clock, formats.data, self.space)
         transactions = 0
         loader = checkpoint.Loader(blob)
         del blob  # the loader holds it alone, and drops it once decrypted
@@ -148,4 +174,31 @@ class MountService:
             from_checkpoint=loader.used and session.replayed_from is not None,
             save_checkpoint=req.use_checkpoint,
             unchecked_until=session.replayed_from if loader.used else None,
+            preset=preset,
+            preset_warning=warning,
         )
+
+    def recorded_preset(self, chain: str, header: bytes | None = None) -> str | None:
+        """The preset recorded in the header of ``chain``'s local log, else in ``header`` (the
+        server's, for a new replica); None: none recorded (a chain from before presets), or no
+        header yet (a new chain)."""
+        if self.logs.exists(chain):
+            header = self.logs.read_header(chain)
+        if header is None:
+            return None
+        return ChainHeader.decode(header).configured_for
+
+    def _preset(self, req: MountRequest) -> tuple[Preset, str | None]:
+        explicit = req.formats.preset if isinstance(req.formats, Configuration) else None
+        recorded = self.recorded_preset(req.chain, req.replica_header)
+        try:
+            return choose(explicit, recorded)
+        except PresetError as exc:
+            raise SessionError(str(exc)) from None
+
+    @staticmethod
+    def _formats(asked: Formats | Configuration, preset: Preset) -> Formats:
+        if isinstance(asked, Formats):
+            return asked
+        chosen = settings(preset)
+        return Formats(asked.meta or chosen.meta, asked.data or chosen.data)

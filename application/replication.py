@@ -34,7 +34,8 @@ from application.filesystem import FileSystemService, decode_struct
 from application.locks import ReplicaSync
 from application.replica_log import ReplicaLog
 from application.session import ChainIntegrityError, ChainSession
-from domain.chain import Transaction, event_key
+from domain.chain import Located, TimestampValidator, Transaction, event_key
+from domain.errors import DomainError
 from domain.events import Chunk, EventHeader, Parent, Tombstone, Type
 from domain.fs.model import TYPE_DENTRY, TYPE_INODE, TYPE_PAGE, FsError, InodeData
 from domain.wire import (
@@ -166,9 +167,14 @@ class ReplicationService(ReplicaSync):
         mode: RecoveryMode,
         *,
         on_synced: Callable[[], None] | None = None,
+        clock_tolerance_ms: int | None = None,
     ) -> None:
-        """``on_synced`` runs once, after the first complete catch-up with the server."""
+        """``on_synced`` runs once, after the first complete catch-up with the server.
+        ``clock_tolerance_ms``: a streamed transaction stamped further in the future than this
+        (by the session's clock) is refused until its time comes (the --configured-for preset's
+        tolerance, docs/adr/0014); None: not checked."""
         self.session = session
+        self.clock_tolerance_ms = clock_tolerance_ms
         self.replica = replica
         self.fs = fs
         self.connector = connector
@@ -371,6 +377,7 @@ class ReplicationService(ReplicaSync):
 
     async def _remote_transaction(self, records: list[WireRecord], end: int) -> None:
         headers = self.replica.validate_remote(records)
+        self._check_clock(headers)
         if len(headers) == 1:
             self.replica.note_remote_position(end)  # an attestation of another replica's head
             await self._notify()
@@ -391,6 +398,21 @@ class ReplicationService(ReplicaSync):
         if tx.applied:
             await self._invalidate(tx, before)
         await self._notify()
+
+    def _check_clock(self, headers: Sequence[EventHeader]) -> None:
+        if self.clock_tolerance_ms is None:
+            return
+        tx = Transaction(tuple(Located(hd, None) for hd in headers[:-1]), headers[-1])
+        try:
+            TimestampValidator(self.session.clock.now_ms(), self.clock_tolerance_ms).validate(
+                self.session.index, tx
+            )
+        except DomainError as exc:
+            raise ChainIntegrityError(
+                f"the server streamed a transaction this mount refuses: {exc} (more than"
+                f" {self.clock_tolerance_ms / 1000:g} s ahead of this clock; it is accepted"
+                " once its time comes)"
+            ) from None
 
     def _keep_theirs(self, tx: Transaction, keys: set[int], end: int) -> None:
         """Both sides changed a file while disconnected; the server orders this replica's

@@ -17,7 +17,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from application.compaction import CompactionError, Hook
-from application.mount import Mounted, MountRequest
+from application.mount import Configuration, Mounted, MountRequest, MountService
 from application.ports import Clock, LogError, Resolver
 from application.repair import Repairer
 from application.session import Formats, SessionError
@@ -25,6 +25,8 @@ from domain.compaction import CompactMode as CompactPolicyMode
 from domain.compaction import CompactPolicy
 from domain.formats import Format
 from domain.fs.model import IdMap
+from domain.presets import Preset, PresetError, choose
+from domain.presets import settings as preset_settings
 
 VERSION = "wasmer-dfs 1.3 (python 0.1.0)"
 PASSCODE_ENV = "WASMER_DFS_PASSCODE"
@@ -100,7 +102,7 @@ def main_options(
     no_ntp: Annotated[bool, typer.Option("--no-ntp", help="Do not use NTP; the local clock stamps events")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Sets the level of log verbosity, can be used multiple times")] = 0,
     version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Prints version information")] = False,
-    auth: Annotated[str, typer.Option("--auth", "-a", help="URL where the user is authenticated")] = "ws://wasmer.sh/auth",
+    auth: Annotated[str | None, typer.Option("--auth", "-a", help="URL where the user is authenticated [default: ws://wasmer.sh/auth] (users and authentication: not yet, giving it is refused)")] = None,
     dns_server: Annotated[str | None, typer.Option("--dns-server", help="Address (IP[:PORT]) that DNS queries for the chain server's host will be sent to, e.g. 8.8.8.8 [default: the system's resolver]")] = None,
     ntp_pool: Annotated[str | None, typer.Option("--ntp-pool", help="NTP server address that the file-system will synchronize with")] = None,
     ntp_port: Annotated[int | None, typer.Option("--ntp-port", help="NTP server port that the file-system will synchronize with")] = None,
@@ -120,6 +122,8 @@ def main_options(
         fail("--wire-encryption must be 128, 192 or 256", 2)
     if token is not None or token_path is not None:
         not_yet("authentication with tokens", "users, groups and tokens")
+    if auth is not None:
+        not_yet(f"authentication at {auth} (--auth)", "users, groups and tokens")
 
 
 # --- mount -------------------------------------------------------------------------------------
@@ -233,6 +237,55 @@ def _resolved(url: str, resolver: Resolver) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _explicit_preset(configured_for: ConfiguredFor | None) -> Preset | None:
+    """The preset given with --configured-for (exit 2 for one refused: raw)."""
+    if configured_for is None:
+        return None
+    preset = Preset(configured_for.value)
+    try:
+        preset_settings(preset)
+    except PresetError as exc:
+        fail(str(exc), 2)
+    return preset
+
+
+def _wants_dnssec(mounts: MountService, explicit: Preset | None, header: bytes | None) -> bool:
+    """Whether the preset of this mount (explicit, or recorded in the local log's header or in
+    the server's ``header``) resolves the chain server's host with DNSSEC (security)."""
+    try:
+        preset, _ = choose(explicit, mounts.recorded_preset(LOCAL_CHAIN, header))
+    except (PresetError, SessionError, LogError) as exc:
+        fail(str(exc), 3)
+    return preset_settings(preset).dnssec
+
+
+def _server_resolver(url: str, resolver: Resolver, dnssec: bool) -> Resolver:
+    """The resolver for the chain server's host: the global one, or a DNSSEC-validating one when
+    the preset asks for DNSSEC (exit 2 when it cannot: no --dns-server for a host name)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    from adapters.dns import make_resolver
+
+    if not dnssec or G.dns_sec:
+        return resolver
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return resolver  # an address: no DNS query is made, nothing to validate
+    if host == "localhost" or host.endswith(".localhost"):
+        return resolver  # the loopback (RFC 6761): answered without a query
+    if G.dns_server is None:
+        fail(
+            f"--configured-for security resolves the chain server's host {host!r} with DNSSEC,"
+            " which needs --dns-server (a validating DNS resolver reached over a trusted path;"
+            " the system's resolver does not say whether an answer was validated): give"
+            " --dns-server, the server's IP address, or another preset",
+            2,
+        )
+    return make_resolver(G.dns_server, True)
+
+
 def _server_header(url: str) -> bytes | None:
     """The chain's header from the server, for a replica without a local log (None: the server
     does not hold the chain, this mount creates it). Retries with back-off until the server
@@ -322,10 +375,10 @@ def mount(
     compact_threshold_factor: Annotated[float, typer.Option("--compact-threshold-factor", help="Factor growth in the log file which will trigger compaction")] = 0.4,
     compact_threshold_size: Annotated[int, typer.Option("--compact-threshold-size", help="Size of growth in bytes in the log file which will trigger compaction")] = 104857600,
     compact_timer: Annotated[int, typer.Option("--compact-timer", help="Time in seconds between compactions of the log file")] = 3600,
-    configured_for: Annotated[ConfiguredFor, typer.Option("--configured-for", help="Configure the log file for raw, barebone, speed, compatibility, balanced or security")] = ConfiguredFor.speed,
-    data_format: Annotated[FormatName, typer.Option("--data-format", help="Format of the data in the log file")] = FormatName.bincode,
+    configured_for: Annotated[ConfiguredFor | None, typer.Option("--configured-for", help="Configure the log file for barebone, speed, compatibility, balanced or security: formats, clock tolerance, DNSSEC (docs/adr/0014; raw is refused) [default: the preset the chain was created with, else speed]")] = None,
+    data_format: Annotated[FormatName | None, typer.Option("--data-format", help="Format of the data in the log file [default: the preset's]")] = None,
     gid: Annotated[int | None, typer.Option("--gid", "-g", help="GID of the group that this file system will be mounted as: every file appears owned by this group (like sshfs -o gid=)")] = None,
-    meta_format: Annotated[FormatName, typer.Option("--meta-format", help="Format of the metadata in the log file")] = FormatName.bincode,
+    meta_format: Annotated[FormatName | None, typer.Option("--meta-format", help="Format of the metadata in the log file [default: the preset's]")] = None,
     passcode: Annotated[str | None, typer.Option("--passcode", "-p", help=f"Passcode that encrypts this file system (also ${PASSCODE_ENV}, or a prompt)")] = None,
     recovery_mode: Annotated[RecoveryMode, typer.Option("--recovery-mode", help="How the file-system reacts while nominal and while recovering from a communication failure")] = RecoveryMode.readonly_async,
     uid: Annotated[int | None, typer.Option("--uid", "-u", help="UID of the user that this file system will be mounted as: every file appears owned by this user (like sshfs -o uid=)")] = None,
@@ -337,6 +390,7 @@ def mount(
     from entrypoints.bootstrap import bootstrap
 
     remote, log_path = _split_positionals(remote, log_path)
+    explicit = _explicit_preset(configured_for)
     policy = _compact_policy(
         compact_mode, compact_threshold_factor, compact_threshold_size, compact_timer
     )
@@ -361,20 +415,30 @@ def mount(
     logs_dir = (log_path or default_logs).expanduser().resolve()
     logs_dir.mkdir(parents=True, exist_ok=True)
     resolver = _resolver()
-    if remote is not None:
-        remote = _resolved(remote, resolver)
     container = bootstrap(logs_dir, fault_hook(), clock=_clock(resolver))
     mounts = container.mounts()
     creating = not mounts.logs.exists(LOCAL_CHAIN)
     replica_header = None
-    if remote is not None and creating:
-        replica_header = _server_header(remote)
-        creating = replica_header is None
+    if remote is not None:
+        url = remote
+        dnssec = _wants_dnssec(mounts, explicit, None)
+        remote = _resolved(url, _server_resolver(url, resolver, dnssec))
+        if creating:
+            replica_header = _server_header(remote)
+            creating = replica_header is None
+            if not dnssec and _wants_dnssec(mounts, explicit, replica_header):
+                # the chain was created --configured-for security: find its server with DNSSEC
+                # from now on (the header itself is checked against the passcode)
+                remote = _resolved(url, _server_resolver(url, resolver, True))
     secret = None if (no_auth or G.no_auth) else _passcode(passcode, creating)
     request = MountRequest(
         chain=LOCAL_CHAIN,
         passcode=secret,
-        formats=Formats(Format.parse(meta_format.value), Format.parse(data_format.value)),
+        formats=Configuration(
+            explicit,
+            Format.parse(meta_format.value) if meta_format is not None else None,
+            Format.parse(data_format.value) if data_format is not None else None,
+        ),
         uid=uid if uid is not None else os.getuid(),
         gid=gid if gid is not None else os.getgid(),
         read_only=read_only and remote is None,  # a read-only replica still follows the server
@@ -386,6 +450,8 @@ def mount(
         mounted = mounts.open(request)
     except (SessionError, LogError) as exc:
         fail(str(exc), 3)
+    if mounted.preset_warning:
+        typer.echo(f"wasmer-dfs: warning: {mounted.preset_warning}", err=True)
     if mounted.cut_bytes:
         cut_from = mounted.session.log.open_report.cut_from
         logging.getLogger("wasmer_dfs").warning(
@@ -430,7 +496,8 @@ def mount(
         from entrypoints.bootstrap import build_replica
 
         mode = Mode(recovery_mode.value)
-        replicated = build_replica(mounted, remote, mode)
+        tolerance = preset_settings(mounted.preset).tolerance_ms
+        replicated = build_replica(mounted, remote, mode, tolerance)
         # A new replica has no tree before its first catch-up with the server, and a new chain
         # exists only once the server holds it: both wait for that. Otherwise the mount waits a
         # moment (in async mode not at all), then mounts disconnected.

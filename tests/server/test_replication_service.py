@@ -24,6 +24,7 @@ from adapters.remote import WsConnector, fetch_header
 from adapters.ws_server import WsChainServer
 from application.filesystem import FileSystemService
 from application.mount import Mounted, MountRequest, MountService
+from application.ports import Clock
 from application.replica_log import ReplicaLog
 from application.replication import (
     RecoveryMode,
@@ -93,6 +94,8 @@ class Rig:
         connector: Callable[[str], RemoteConnector] = WsConnector,
         batch: int | None = None,
         checkpoint: bool = True,
+        clock: Clock | None = None,
+        clock_tolerance_ms: int | None = None,
     ) -> Replica:
         logdir = self.tmp / name
         logdir.mkdir(exist_ok=True)
@@ -104,10 +107,10 @@ class Rig:
             "local", PASSCODE, Formats(), 0, 0, kdf=FAST_KDF, remote=True, replica_header=header,
             use_checkpoint=checkpoint,
         )  # fmt: skip
-        mounted = MountService(logs, FastCrypto(), SystemClock()).open(request)
+        mounted = MountService(logs, FastCrypto(), clock or SystemClock()).open(request)
         service = ReplicationService(
             mounted.session, ReplicaLog(mounted.session), mounted.fs, connector(self.url),
-            RecoveryMode.ASYNC,
+            RecoveryMode.ASYNC, clock_tolerance_ms=clock_tolerance_ms,
         )  # fmt: skip
         if batch is not None:
             service.UPLOAD_BATCH_BYTES = batch
