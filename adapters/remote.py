@@ -8,7 +8,15 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from adapters.ws_client import ChainClient, ChainClientError, CommitFailed, ServerFatal
+from adapters.secure_channel import ClientWire
+from adapters.ws_client import (
+    ChainClient,
+    ChainClientError,
+    CommitFailed,
+    ServerFatal,
+    ServerKeyChanged,
+    WireEncryptionRefused,
+)
 from application.replication import (
     CommitRejected,
     KernelCache,
@@ -56,25 +64,35 @@ class WsRemoteChain(RemoteChain):
 
 
 class WsConnector(RemoteConnector):
-    def __init__(self, url: str, *, open_timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, open_timeout: float = 10.0, wire: ClientWire | None = None
+    ) -> None:
         self.url = url
         self.open_timeout = open_timeout
+        self.wire = wire
 
     async def connect(self, header: bytes | None) -> RemoteChain:
         try:
             client = await ChainClient.connect(
-                self.url, header=header, open_timeout=self.open_timeout
+                self.url, header=header, open_timeout=self.open_timeout, wire=self.wire
             )
+        except (WireEncryptionRefused, ServerKeyChanged) as exc:
+            raise RemoteRefused(f"{self.url}: {exc}") from None
         except (ChainClientError, OSError, TimeoutError) as exc:
             raise RemoteError(f"cannot reach {self.url}: {exc}") from None
         return WsRemoteChain(client)
 
 
-async def fetch_header(url: str, open_timeout: float = 10.0) -> bytes | None:
+async def fetch_header(
+    url: str, open_timeout: float = 10.0, wire: ClientWire | None = None
+) -> bytes | None:
     """The chain's header body as the server holds it (None: the server has no such chain);
-    ``RemoteError`` when the server cannot be reached or refuses."""
+    ``RemoteError`` when the server cannot be reached, ``RemoteRefused`` when it refuses (also:
+    the wire encryption asked for, or a changed server key)."""
     try:
-        client = await ChainClient.connect(url, open_timeout=open_timeout)
+        client = await ChainClient.connect(url, open_timeout=open_timeout, wire=wire)
+    except (WireEncryptionRefused, ServerKeyChanged) as exc:
+        raise RemoteRefused(f"{url}: {exc}") from None
     except ServerFatal as exc:
         if "does not exist" in exc.reason:
             return None

@@ -24,6 +24,11 @@ Locks (docs/adr/0010): ``lock_call`` sends a lock message that is answered (``Lo
 ``req``; ``lock_send`` sends one that is not (``Unlock``, ``LockCancel``: the answer to a cancel
 resolves the cancelled request's future if it is still open). Lock answers never enter the
 stream's queue. ``adapters/ws_locks.py`` builds the mount's lock coordinator on this.
+
+Wire encryption (``wire=ClientWire(256)``, docs/adr/0013): the handshake runs before Hello and
+every later frame is sealed; a server that refuses it or speaks none ends the connection with
+``WireEncryptionRefused``, a pinned server presenting another key with ``ServerKeyChanged``. A
+client that asked for wire encryption never sends a plain frame of the protocol.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from adapters.secure_channel import (
+    PLAIN,
+    Channel,
+    ClientWire,
+    ServerRefusedWire,
+    client_handshake,
+)
+from domain.secure_wire import LEVELS, KnownServerError
 from domain.wire import (
     MAX_FRAME,
     PROTOCOL_VERSIONS,
@@ -77,6 +90,15 @@ class ServerFatal(ChainClientError):
         self.reason = reason
 
 
+class WireEncryptionRefused(ServerFatal):
+    """The server refused the wire encryption this client asked for, or speaks none."""
+
+
+class ServerKeyChanged(ChainClientError):
+    """The server presented another wire encryption key than the one pinned for it (or the
+    known-servers file cannot be used): the connection is not made."""
+
+
 class CommitFailed(ChainClientError):
     """The server refused a transaction (``CommitError``)."""
 
@@ -94,8 +116,11 @@ def chain_of(url: str) -> str:
 
 
 class ChainClient:
-    def __init__(self, ws: ClientConnection, welcome: Welcome, queue_size: int) -> None:
+    def __init__(
+        self, ws: ClientConnection, welcome: Welcome, queue_size: int, channel: Channel = PLAIN
+    ) -> None:
         self.ws = ws
+        self.channel = channel
         self.welcome = welcome
         self.chain = welcome.chain
         self.version = welcome.version
@@ -120,8 +145,10 @@ class ChainClient:
         open_timeout: float = 10.0,
         agent: str = "wasmer-dfs",
         client_id: bytes | None = None,
+        wire: ClientWire | None = None,
     ) -> ChainClient:
-        """Connect, say Hello and return once Welcome arrived (``ServerFatal`` on a refusal)."""
+        """Connect (with ``wire``: encrypted, or not at all), say Hello and return once Welcome
+        arrived (``ServerFatal`` on a refusal)."""
         chain = chain_of(url)
         ws = await connect(
             url,
@@ -131,10 +158,14 @@ class ChainClient:
             close_timeout=5,
             max_queue=4,
         )
+        channel = PLAIN
         try:
-            await ws.send(encode(Hello(list(versions), chain, header, agent, client_id)))
+            if wire is not None:
+                channel = await _secure(ws, wire, url, open_timeout)
+            hello = Hello(list(versions), chain, header, agent, client_id)
+            await ws.send(channel.seal(encode(hello)))
             async with asyncio.timeout(open_timeout):
-                msg = decode_server(await ws.recv())
+                msg = decode_server(channel.open(await ws.recv()))
             if isinstance(msg, Fatal):
                 raise ServerFatal(msg.reason)
             if not isinstance(msg, Welcome):
@@ -142,14 +173,14 @@ class ChainClient:
         except BaseException:
             await ws.close()
             raise
-        return cls(ws, msg, queue_size)
+        return cls(ws, msg, queue_size, channel)
 
     # -- reading ---------------------------------------------------------------------------------
     async def _read(self) -> None:
         error: ChainClientError
         try:
             async for frame in self.ws:
-                msg = decode_server(frame)
+                msg = decode_server(self.channel.open(frame))
                 if isinstance(msg, Confirmed):
                     self._resolve(msg.tx_id, msg, None)
                     if self.subscribed:
@@ -234,7 +265,7 @@ class ChainClient:
         self._check()
         self.subscribed = True
         start = self.cursor if from_position is None else from_position
-        await self.ws.send(encode(Subscribe(start)))
+        await self.ws.send(self.channel.seal(encode(Subscribe(start))))
 
     async def send_commit(self, records: Sequence[CommitRecord]) -> asyncio.Future[Confirmed]:
         """Send one transaction; the future resolves with its ``Confirmed`` (after the server's
@@ -243,7 +274,7 @@ class ChainClient:
         tx_id = next(self._ids)
         fut: asyncio.Future[Confirmed] = asyncio.get_running_loop().create_future()
         self._pending[tx_id] = fut
-        await self.ws.send(encode(Commit(tx_id, list(records))))
+        await self.ws.send(self.channel.seal(encode(Commit(tx_id, list(records)))))
         return fut
 
     async def commit(
@@ -262,7 +293,7 @@ class ChainClient:
         fut: asyncio.Future[LockResult] = asyncio.get_running_loop().create_future()
         self._lock_pending[msg.req] = fut
         try:
-            await self.ws.send(encode(msg))
+            await self.ws.send(self.channel.seal(encode(msg)))
         except ConnectionClosed as exc:
             self._lock_pending.pop(msg.req, None)
             raise ChainClientError(f"connection lost: {exc}") from None
@@ -272,12 +303,12 @@ class ChainClient:
         """Send a lock message without an answer of its own."""
         self._check()
         try:
-            await self.ws.send(encode(msg))
+            await self.ws.send(self.channel.seal(encode(msg)))
         except ConnectionClosed as exc:
             raise ChainClientError(f"connection lost: {exc}") from None
 
     async def send_raw(self, frame: bytes | str) -> None:
-        """Send any frame as it is (tests of the server's defences)."""
+        """Send any frame as it is, never sealed (tests of the server's defences)."""
         await self.ws.send(frame)
 
     def _check(self) -> None:
@@ -300,3 +331,22 @@ class ChainClient:
             await asyncio.wait_for(asyncio.shield(self._reader), 5)
         if not self._reader.done():
             self._reader.cancel()
+
+
+async def _secure(ws: ClientConnection, wire: ClientWire, url: str, timeout: float) -> Channel:
+    name = LEVELS[wire.level][0] if wire.level in LEVELS else str(wire.level)
+    try:
+        async with asyncio.timeout(timeout):
+            return await client_handshake(ws, wire, url)
+    except ServerRefusedWire as exc:
+        raise WireEncryptionRefused(
+            f"the chain server refused wire encryption {wire.level} ({name}): {exc.reason}"
+        ) from None
+    except KnownServerError as exc:
+        raise ServerKeyChanged(str(exc)) from None
+    except WireError as exc:
+        raise ChainClientError(f"wire encryption handshake failed: {exc}") from None
+    except ConnectionClosed as exc:
+        raise ChainClientError(
+            f"the chain server closed the connection during the wire encryption handshake: {exc}"
+        ) from None

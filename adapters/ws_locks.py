@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from adapters.secure_channel import ClientWire
 from adapters.ws_client import ChainClient, ChainClientError
 from application.locks import (
     Acquire,
@@ -128,8 +129,10 @@ class WsLockCoordinator(LockCoordinator):
         request_timeout: float = 30.0,
         backoff: tuple[float, float] = (0.1, 5.0),
         clock: Callable[[], float] = time.monotonic,
+        wire: ClientWire | None = None,
     ) -> None:
         self.url = url
+        self.wire = wire
         self.header = header
         self.client_id = client_id or os.urandom(16)
         self.open_timeout = open_timeout
@@ -312,6 +315,7 @@ class WsLockCoordinator(LockCoordinator):
             client_id=self.client_id,
             open_timeout=self.open_timeout,
             agent="wasmer-dfs locks",
+            wire=self.wire,
         )
         self._client = client
         self.lease = client.welcome.limits.lock_lease_ms / 1000

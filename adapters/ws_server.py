@@ -17,6 +17,11 @@ The protocol logic is ``application.chain_server`` (sans I/O); this adapter move
 Frames above ``max_frame`` are refused by websockets itself (close code 1009); a malformed frame
 closes its connection with ``Fatal`` and code 1002; a refusal with ``Fatal`` and code 1008.
 Every failure stays within its connection.
+
+Wire encryption (docs/adr/0013): a connection whose first frame is a ``SecureOffer`` runs the
+handshake (``adapters/secure_channel.py``) and then seals and opens every frame; a server built
+with ``ServerWire(required=N)`` refuses plain clients and offers below N with ``Fatal``.
+``max_frame`` counts the plain frame: an encrypted one may be ``TAG_SIZE`` bytes longer.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -33,7 +39,9 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from adapters.redolog import validate_chain_name
+from adapters.secure_channel import PLAIN, Channel, ServerWire, WireRefused, server_handshake
 from application.chain_server import ChainHost, ChainServer, HostBroken, Peer, Refused
+from domain.secure_wire import TAG_SIZE, SecureOffer, decode_offer
 from domain.wire import Commit, Fatal, Hello, WireError, decode_client, encode
 
 _log = logging.getLogger("wasmer_dfs.server")
@@ -104,6 +112,7 @@ class _Connection:
     def __init__(self, owner: WsChainServer, ws: ServerConnection, chain: str) -> None:
         self.owner = owner
         self.ws = ws
+        self.channel: Channel = PLAIN
         self.config = owner.app.config
         self.peer = Peer(owner.app, chain, self._wakeup)
         self.wake = asyncio.Event()
@@ -162,21 +171,37 @@ class _Connection:
     async def _fatal(self, code: int, reason: str) -> None:
         with contextlib.suppress(TimeoutError, ConnectionClosed):
             async with asyncio.timeout(1.0):
-                await self.ws.send(encode(Fatal(reason)))
+                await self.ws.send(self.channel.seal(encode(Fatal(reason))))
         await self.ws.close(code, _close_reason(reason))
 
     async def _hello(self) -> None:
         try:
             async with asyncio.timeout(self.config.hello_timeout):
                 frame = await self.ws.recv()
+                offer = decode_offer(frame)
+                if offer is not None:
+                    self.channel = await self._secure(frame, offer)
+                    frame = self.channel.open(await self.ws.recv())
         except TimeoutError:
             raise Refused(f"no Hello within {self.config.hello_timeout:g} s") from None
+        wire = self.owner.wire
+        if not self.channel.encrypted and wire is not None and wire.required is not None:
+            raise Refused(
+                f"this chain server requires wire encryption (at least {wire.required} bits):"
+                f" connect with --wire-encryption {wire.required} or more"
+            )
         msg = decode_client(frame)
         if not isinstance(msg, Hello):
             raise Refused("the first frame must be a Hello")
         host = await self.owner.host(self.peer.chain)
         welcome = self.peer.hello(msg, host)
-        await self.ws.send(encode(welcome))
+        await self.ws.send(self.channel.seal(encode(welcome)))
+
+    async def _secure(self, frame: Any, offer: SecureOffer) -> Channel:
+        try:
+            return await server_handshake(self.ws, bytes(frame), offer, self.owner.wire)
+        except WireRefused as exc:
+            raise Refused(exc.reason) from None
 
     async def _pump(self) -> None:
         self.reader = asyncio.create_task(self._read())
@@ -210,7 +235,7 @@ class _Connection:
     async def _read(self) -> None:
         limit = self.config.limits.max_pending_commits
         async for frame in self.ws:
-            msg = decode_client(frame)
+            msg = decode_client(self.channel.open(frame))
             self.peer.handle(msg)
             if isinstance(msg, Commit) and self.peer.host is not None:
                 self.owner.syncer(self.peer.host).kick()
@@ -231,7 +256,7 @@ class _Connection:
                     await self.wake.wait()
                     continue
             self.idle.clear()
-            frame = encode(msg)
+            frame = self.channel.seal(encode(msg))
             try:
                 async with asyncio.timeout(timeout):
                     await ws.send(frame)
@@ -253,8 +278,12 @@ class WsChainServer:
         drain_timeout: float = 2.0,
         close_timeout: float = 5.0,
         ping_interval: float | None = 20.0,
+        wire: ServerWire | None = None,
     ) -> None:
+        """``wire``: the server's wire encryption keys and the least level it requires (None:
+        encrypted clients are refused, plain ones served)."""
         self.app = app
+        self.wire = wire
         self.bind = (host, port)
         self.drain_timeout = drain_timeout
         self.close_timeout = close_timeout
@@ -275,7 +304,7 @@ class WsChainServer:
             self.bind[0],
             self.bind[1],
             process_request=self._check_path,
-            max_size=limits.max_frame,
+            max_size=limits.max_frame + TAG_SIZE,
             max_queue=4,
             compression=None,  # payloads are ciphertext: nothing to gain, a bomb to fear
             ping_interval=self.ping_interval,

@@ -20,6 +20,7 @@ from application.repair import Repairer
 
 if TYPE_CHECKING:
     from adapters.fuse_runner import Replicated
+    from adapters.secure_channel import ClientWire
     from adapters.ws_server import WsChainServer
     from application.mount import Mounted
     from application.replication import RecoveryMode
@@ -53,25 +54,39 @@ def bootstrap(log_path: Path, hook: Hook | None = None, clock: Clock | None = No
 
 
 def build_server(
-    data_dir: Path, config: ServerConfig, host: str, port: int, clock: Clock | None = None
+    data_dir: Path,
+    config: ServerConfig,
+    host: str,
+    port: int,
+    clock: Clock | None = None,
+    wire_encryption: int | None = None,
 ) -> WsChainServer:
     """The chain server: the file redo logs of ``data_dir`` (one per chain, the same adapter as
     a mount's), the real ML-DSA verifier, the system clock (or ``clock``: NTP), behind the
-    websocket adapter."""
+    websocket adapter, with its wire encryption keys from ``data_dir`` (created on first start;
+    ``wire_encryption``: the least level every client must offer, None: plain clients too).
+    ``ServerKeyError`` when the keys cannot be read or created."""
+    from adapters.secure_channel import ServerWire, load_server_keys
     from adapters.ws_server import WsChainServer
 
+    wire = ServerWire(load_server_keys(data_dir), required=wire_encryption)
     app = ChainServer(
         FileRedoLogFactory(data_dir.expanduser()), PqCrypto(), clock or SystemClock(), config
     )
-    return WsChainServer(app, host, port)
+    return WsChainServer(app, host, port, wire=wire)
 
 
 def build_replica(
-    mounted: Mounted, url: str, mode: RecoveryMode, clock_tolerance_ms: int | None = None
+    mounted: Mounted,
+    url: str,
+    mode: RecoveryMode,
+    clock_tolerance_ms: int | None = None,
+    wire: ClientWire | None = None,
 ) -> Replicated:
     """A replicated mount's services: replication through the chain server at ``url`` (the
     websocket adapter; streamed events stamped more than ``clock_tolerance_ms`` ahead are
-    refused), distributed locks through the same server, the kernel's caches."""
+    refused), distributed locks through the same server, the kernel's caches. ``wire``: both
+    connections encrypted (docs/adr/0013), never plain."""
     from adapters.fuse_runner import Replicated
     from adapters.remote import FuseKernelCache, WsConnector
     from adapters.ws_locks import WsLockCoordinator
@@ -81,9 +96,9 @@ def build_replica(
 
     session, fs = mounted.session, mounted.fs
     replication = ReplicationService(
-        session, ReplicaLog(session), fs, WsConnector(url), mode,
+        session, ReplicaLog(session), fs, WsConnector(url, wire=wire), mode,
         clock_tolerance_ms=clock_tolerance_ms,
     )  # fmt: skip
-    coordinator = WsLockCoordinator(url, header=session.header.encode())
+    coordinator = WsLockCoordinator(url, header=session.header.encode(), wire=wire)
     locks = LockService(coordinator, fs.inode_of, replication)
     return Replicated(replication, locks, FuseKernelCache(), coordinator.start)

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -27,6 +27,9 @@ from domain.formats import Format
 from domain.fs.model import IdMap
 from domain.presets import Preset, PresetError, choose
 from domain.presets import settings as preset_settings
+
+if TYPE_CHECKING:
+    from adapters.secure_channel import ClientWire
 
 VERSION = "wasmer-dfs 1.3 (python 0.1.0)"
 PASSCODE_ENV = "WASMER_DFS_PASSCODE"
@@ -74,6 +77,7 @@ class _Globals:
     ntp_port: int | None = None
     dns_server: str | None = None
     dns_sec = False
+    wire_encryption: int | None = None
 
 
 G = _Globals()
@@ -108,7 +112,7 @@ def main_options(
     ntp_port: Annotated[int | None, typer.Option("--ntp-port", help="NTP server port that the file-system will synchronize with")] = None,
     token: Annotated[str | None, typer.Option("--token", "-t", help="Token used to access your encrypted file-system (users and tokens: not yet)")] = None,
     token_path: Annotated[str | None, typer.Option("--token-path", help="Token file to read that holds a previously created token (not yet)")] = None,
-    wire_encryption: Annotated[int | None, typer.Option("--wire-encryption", help="Quantum resistant wire encryption: 128, 192 or 256 (remote chains: not yet)")] = None,
+    wire_encryption: Annotated[int | None, typer.Option("--wire-encryption", help="Quantum resistant wire encryption with remote chains: 128, 192 or 256 (ML-KEM-512/768/1024 + AES-256-GCM; the server's key is pinned in ~/.config/wasmer-dfs/known_servers; never falls back to plain)")] = None,
 ) -> None:  # fmt: skip
     """ATE File System: an encrypted, distributed, event-sourced FUSE file system."""
     G.debug, G.verbose, G.no_auth = debug, verbose, no_auth
@@ -120,6 +124,7 @@ def main_options(
     logging.basicConfig(level=level, format="wasmer-dfs: %(levelname)s: %(name)s: %(message)s")
     if wire_encryption is not None and wire_encryption not in (128, 192, 256):
         fail("--wire-encryption must be 128, 192 or 256", 2)
+    G.wire_encryption = wire_encryption
     if token is not None or token_path is not None:
         not_yet("authentication with tokens", "users, groups and tokens")
     if auth is not None:
@@ -286,7 +291,34 @@ def _server_resolver(url: str, resolver: Resolver, dnssec: bool) -> Resolver:
     return make_resolver(G.dns_server, True)
 
 
-def _server_header(url: str) -> bytes | None:
+def _client_wire(url: str) -> ClientWire | None:
+    """The wire encryption of --wire-encryption for the chain server of ``url`` (as typed: the
+    known-servers file names the server by it, not by the address it resolves to)."""
+    if G.wire_encryption is None:
+        return None
+    from adapters.secure_channel import ClientWire, server_name
+
+    return ClientWire(G.wire_encryption, name=server_name(url))
+
+
+def _check_wire(url: str, wire: ClientWire) -> None:
+    """One encrypted handshake with the server of an existing replica before mounting: a server
+    that refuses the wire encryption, or a changed key, stops the mount (exit 3) rather than
+    leaving it disconnected; an unreachable server does not (the mount starts disconnected)."""
+    import asyncio
+
+    from adapters.remote import fetch_header
+    from application.replication import RemoteError, RemoteRefused
+
+    try:
+        asyncio.run(fetch_header(url, wire=wire))
+    except RemoteRefused as exc:
+        fail(f"the chain server refused: {exc}", 3)
+    except RemoteError as exc:
+        logging.getLogger("wasmer_dfs").warning("%s", exc)
+
+
+def _server_header(url: str, wire: ClientWire | None = None) -> bytes | None:
     """The chain's header from the server, for a replica without a local log (None: the server
     does not hold the chain, this mount creates it). Retries with back-off until the server
     answers; exits when it refuses."""
@@ -298,7 +330,7 @@ def _server_header(url: str) -> bytes | None:
     delay = 0.2
     while True:
         try:
-            return asyncio.run(fetch_header(url))
+            return asyncio.run(fetch_header(url, wire=wire))
         except RemoteRefused as exc:
             fail(f"the chain server refused: {exc}", 3)
         except RemoteError as exc:
@@ -419,12 +451,16 @@ def mount(
     mounts = container.mounts()
     creating = not mounts.logs.exists(LOCAL_CHAIN)
     replica_header = None
+    wire = None
     if remote is not None:
         url = remote
+        wire = _client_wire(url)
         dnssec = _wants_dnssec(mounts, explicit, None)
         remote = _resolved(url, _server_resolver(url, resolver, dnssec))
+        if wire is not None and not creating:
+            _check_wire(remote, wire)
         if creating:
-            replica_header = _server_header(remote)
+            replica_header = _server_header(remote, wire)
             creating = replica_header is None
             if not dnssec and _wants_dnssec(mounts, explicit, replica_header):
                 # the chain was created --configured-for security: find its server with DNSSEC
@@ -497,7 +533,7 @@ def mount(
 
         mode = Mode(recovery_mode.value)
         tolerance = preset_settings(mounted.preset).tolerance_ms
-        replicated = build_replica(mounted, remote, mode, tolerance)
+        replicated = build_replica(mounted, remote, mode, tolerance, wire)
         # A new replica has no tree before its first catch-up with the server, and a new chain
         # exists only once the server holds it: both wait for that. Otherwise the mount waits a
         # moment (in async mode not at all), then mounts disconnected.

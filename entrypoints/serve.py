@@ -39,14 +39,24 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def build_server(
-    data_dir: Path, config: ServerConfig, host: str = "127.0.0.1", port: int = 0
+    data_dir: Path,
+    config: ServerConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    wire_encryption: int | None = None,
 ) -> WsChainServer:
     """The chain server, built by the composition root (loaded only when a server starts). Its
     clock follows the global --ntp-pool/--ntp-port/--no-ntp of `wasmer-dfs` (it decides which
-    events lie too far in the future)."""
+    events lie too far in the future). ``wire_encryption``: the least level of wire encryption
+    every client must use (None: plain clients too); exit 1 when its keys cannot be had."""
+    from adapters.secure_channel import ServerKeyError
     from entrypoints.bootstrap import build_server as compose
 
-    return compose(data_dir, config, host, port, _clock())
+    try:
+        return compose(data_dir, config, host, port, _clock(), wire_encryption)
+    except ServerKeyError as exc:
+        typer.echo(f"wasmer-dfs: error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _clock() -> Clock | None:
@@ -65,6 +75,13 @@ def _clock() -> Clock | None:
     return make_clock(False, g.ntp_pool, g.ntp_port, resolver)
 
 
+def _global_wire_encryption() -> int | None:
+    """`wasmer-dfs --wire-encryption N serve`: the global option (None when run on its own)."""
+    from entrypoints import cli
+
+    return cli.G.wire_encryption
+
+
 async def run_server(server: WsChainServer, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM or SIGINT (or ``stop``), then shut down gracefully."""
     stop = stop or asyncio.Event()
@@ -74,6 +91,11 @@ async def run_server(server: WsChainServer, stop: asyncio.Event | None = None) -
     try:
         await server.start()
         typer.echo(f"wasmer-dfs: serving chains at {server.url}/db/NAME", err=True)
+        if server.wire is not None and server.wire.required is not None:
+            typer.echo(
+                f"wasmer-dfs: wire encryption of at least {server.wire.required} bits required",
+                err=True,
+            )
         await stop.wait()
         typer.echo("wasmer-dfs: shutting down", err=True)
     finally:
@@ -93,6 +115,7 @@ def serve(
     no_create: Annotated[bool, typer.Option("--no-create", help="Refuse to create chains that do not exist")] = False,  # noqa: E501
     lock_lease: Annotated[float, typer.Option("--lock-lease", help="Seconds after a client's last message before its file locks are freed")] = 10.0,  # noqa: E501
     lock_grace: Annotated[float | None, typer.Option("--lock-grace", help="Seconds after a start during which only locks held before are granted again (default: the lease)")] = None,  # noqa: E501
+    wire_encryption: Annotated[int | None, typer.Option("--wire-encryption", help="Require quantum resistant wire encryption (ML-KEM + AES-256-GCM) of at least 128, 192 or 256 bits from every client; without it plain and encrypted clients are both served (also the global --wire-encryption)")] = None,  # noqa: E501
 ) -> None:  # fmt: skip
     """Run a chain server: many chains, each at ws://HOST:PORT/db/NAME. It validates every event
     (format, signatures, authorisation, timestamps) and never holds a key that decrypts."""
@@ -106,6 +129,11 @@ def serve(
         or lock_lease <= 0 or (lock_grace is not None and lock_grace < 0)
     ):  # fmt: skip
         typer.echo("wasmer-dfs: error: a limit is out of range", err=True)
+        raise typer.Exit(2)
+    if wire_encryption is None:
+        wire_encryption = _global_wire_encryption()
+    if wire_encryption is not None and wire_encryption not in (128, 192, 256):
+        typer.echo("wasmer-dfs: error: --wire-encryption must be 128, 192 or 256", err=True)
         raise typer.Exit(2)
     limits = ServerLimits(
         max_frame=max_frame,
@@ -121,7 +149,7 @@ def serve(
         read_only=read_only,
         locks=LockConfig(lease=lock_lease, grace=lock_grace),
     )
-    server = build_server(data_dir, config, host, port)
+    server = build_server(data_dir, config, host, port, wire_encryption)
     try:
         asyncio.run(run_server(server))
     except OSError as exc:
