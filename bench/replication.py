@@ -22,6 +22,12 @@ Figures:
   at mount (includes the passcode's Argon2id), then reset (``clear_refs``) and read again at the
   end of the part.
 
+* **wire encryption** (``--wire-encryption none,256``): every part runs once per setting, the
+  settings taking turns within each part (none, 256, none, 256 with ``--rounds 2``); with 256
+  the server is started with ``serve --wire-encryption 256`` and every mount with
+  ``wasmer-dfs --wire-encryption 256 mount`` (ADR 0013). The report compares propagation p50/p95
+  and the initial sync of each setting with the first (``none``).
+
 Every part uses a fresh server and fresh mounts under a temp directory (``/var/tmp/replbench-*``),
 removed at the end; every mount is unmounted on every way out (``fusermount3 -u``, wait for the
 pid, SIGTERM, SIGKILL by pid, ``fusermount3 -uz`` as a last resort).
@@ -141,15 +147,16 @@ def _stop_pid(proc: subprocess.Popen[bytes], wait_s: float) -> int | None:
 class Server:
     """`wasmer-dfs serve` on a free loopback port; stopped by its pid."""
 
-    def __init__(self, exe: str, base: Path) -> None:
+    def __init__(self, exe: str, base: Path, wire: int | None = None) -> None:
         self.data_dir = base / "server"
         self.data_dir.mkdir(parents=True)
         self.log = base / "server.out"
         self.port = free_port()
+        extra = [] if wire is None else ["--wire-encryption", str(wire)]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [exe, "serve", "--listen", f"127.0.0.1:{self.port}",
-                 "--data-dir", str(self.data_dir)],
+                 "--data-dir", str(self.data_dir), *extra],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -239,15 +246,16 @@ class Mount:
 class Cluster:
     """The processes of one part; everything is stopped by ``close`` (mounts first)."""
 
-    def __init__(self, exe: str, base: Path) -> None:
+    def __init__(self, exe: str, base: Path, wire: int | None = None) -> None:
         self.exe = exe
+        self.wire = wire
         self.base = base
         self.base.mkdir(parents=True)
         self.server: Server | None = None
         self.mounts: list[Mount] = []
 
     def start_server(self) -> Server:
-        self.server = Server(self.exe, self.base)
+        self.server = Server(self.exe, self.base, self.wire)
         return self.server
 
     def spawn(self, name: str, chain: str, mode: str | None = None) -> Mount:
@@ -256,10 +264,16 @@ class Cluster:
         mnt.mkdir()
         logdir.mkdir()
         out = self.base / f"{name}.out"
-        cmd = [self.exe, "-v", "mount", str(mnt), self.server.url(chain), str(logdir)]
+        wire = [] if self.wire is None else ["--wire-encryption", str(self.wire)]
+        cmd = [self.exe, "-v", *wire, "mount", str(mnt), self.server.url(chain), str(logdir)]
         if mode is not None:
             cmd += ["--recovery-mode", mode]
-        env = {**os.environ, "WASMER_DFS_PASSCODE": PASSCODE}
+        # the known_servers file of this run (a fresh server key per part: pinned on first use)
+        env = {
+            **os.environ,
+            "WASMER_DFS_PASSCODE": PASSCODE,
+            "XDG_CONFIG_HOME": str(self.base / "config"),
+        }
         with open(out, "wb") as f:
             started = time.perf_counter()
             proc = subprocess.Popen(
@@ -288,8 +302,8 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster(exe: str, base: Path) -> Iterator[Cluster]:
-    c = Cluster(exe, base)
+def cluster(exe: str, base: Path, wire: int | None = None) -> Iterator[Cluster]:
+    c = Cluster(exe, base, wire)
     try:
         yield c
     finally:
@@ -466,11 +480,13 @@ def has_appended(path: Path, size: int, chunk: bytes) -> Callable[[], bool]:
     return check
 
 
-def propagation(exe: str, base: Path, mode: str, files: int, appends: int) -> dict[str, Any]:
+def propagation(
+    exe: str, base: Path, mode: str, files: int, appends: int, wire: int | None = None
+) -> dict[str, Any]:
     """New files and appends written on A, polled on B; one fresh server and chain."""
-    res: dict[str, Any] = {"mode": mode}
+    res: dict[str, Any] = {"mode": mode, "wire_encryption": wire}
     rss = Rss()
-    with cluster(exe, base) as c:
+    with cluster(exe, base, wire) as c:
         server = c.start_server()
         a = c.mount("A", "prop", mode)
         b = c.mount("B", "prop", mode)
@@ -529,13 +545,13 @@ def propagation(exe: str, base: Path, mode: str, files: int, appends: int) -> di
     return res
 
 
-def initial_sync(exe: str, base: Path, total_mib: int) -> dict[str, Any]:
+def initial_sync(exe: str, base: Path, total_mib: int, wire: int | None = None) -> dict[str, Any]:
     """A uploads ``total_mib`` MiB; a new mount C from an empty log catches up."""
-    res: dict[str, Any] = {"mib_written": total_mib, "files": SYNC_FILES}
+    res: dict[str, Any] = {"mib_written": total_mib, "files": SYNC_FILES, "wire_encryption": wire}
     upload_rss, sync_rss = Rss(), Rss()
     per_file = total_mib * MIB // SYNC_FILES
     digests: list[str] = []
-    with cluster(exe, base) as c:
+    with cluster(exe, base, wire) as c:
         server = c.start_server()
         a = c.mount("A", "sync")
         upload_rss.start("server", server.pid)
@@ -612,6 +628,89 @@ def initial_sync(exe: str, base: Path, total_mib: int) -> dict[str, Any]:
     return res
 
 
+# --- wire encryption ----------------------------------------------------------------------------
+def parse_wires(text: str) -> list[int | None]:
+    out: list[int | None] = []
+    for item in (x.strip() for x in text.split(",")):
+        if item in ("none", "off", "0"):
+            out.append(None)
+        elif item in ("128", "192", "256"):
+            out.append(int(item))
+        else:
+            raise ValueError(f"--wire-encryption: {item!r} is not none, 128, 192 or 256")
+    if not out or len(set(out)) != len(out):
+        raise ValueError("--wire-encryption: give each setting once")
+    return out
+
+
+def wire_label(wire: int | None) -> str:
+    return "none" if wire is None else str(wire)
+
+
+def _median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def compare_wires(runs: dict[str, dict[str, Any]], modes: list[str]) -> dict[str, Any]:
+    """Per setting: the median over rounds of propagation p50/p95 (per mode, new file and
+    append) and of the initial sync's times; each as a ratio to the first setting."""
+    table: dict[str, Any] = {}
+    for label, run in runs.items():
+        row: dict[str, Any] = {}
+        for mode in modes:
+            parts = run["propagation"].get(mode) or []
+            for kind in ("create", "append"):
+                for q in ("p50", "p95"):
+                    row[f"{kind}_{mode}_{q}_ms"] = _median([p[kind]["total_ms"][q] for p in parts])
+        syncs = run["initial_sync"]
+        row["sync_mounted_s"] = _median([x["c_mounted_s"] for x in syncs])
+        row["sync_read_one_file_s"] = _median([x["c_read_one_file_s"] for x in syncs])
+        row["sync_upload_confirmed_s"] = _median([x["a_write_until_confirmed_s"] for x in syncs])
+        table[label] = row
+    base_label = next(iter(runs))
+    base = table[base_label]
+    for row in table.values():
+        row["ratio_to_" + base_label] = {
+            k: (round(v / base[k], 3) if v is not None and base.get(k) else None)
+            for k, v in list(row.items())
+            if not k.startswith("ratio_")
+        }
+    return table
+
+
+def render_wires(cmp: dict[str, Any]) -> list[str]:
+    labels = list(cmp)
+    keys = [k for k in cmp[labels[0]] if not k.startswith("ratio_")]
+    base = labels[0]
+    rows = [["figure (median over rounds)", *labels, *(f"{x}/{base}" for x in labels[1:])]]
+    for k in keys:
+        unit = "s" if k.endswith("_s") else "ms"
+        vals = [cmp[x][k] for x in labels]
+        ratios = [cmp[x]["ratio_to_" + base][k] for x in labels[1:]]
+        rows.append(
+            [
+                f"{k} ({unit})",
+                *("-" if v is None else f"{v:g}" for v in vals),
+                *("-" if r is None else f"{r:.3f}" for r in ratios),
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = ["wire encryption compared:"]
+    for i, r in enumerate(rows):
+        out.append(
+            "  ".join(
+                [
+                    r[0].ljust(widths[0]),
+                    *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)),
+                ]
+            )
+        )
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return [*out, ""]
+
+
 # --- report -------------------------------------------------------------------------------------
 def _mib(kib: int | None) -> str:
     return "-" if kib is None else f"{kib / 1024:.1f}"
@@ -678,6 +777,8 @@ def render(res: dict[str, Any]) -> str:
         )
         if i == 0:
             out.append("  ".join("-" * w for w in w2))
+    if "wire_comparison" in res:
+        out += ["", *render_wires(res["wire_comparison"])]
     m = res["machine"]
     out += [
         "",
@@ -710,6 +811,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--poll-ms", type=float, default=0.2, help="sleep between two polls of B (0.2 ms)"
     )
+    p.add_argument(
+        "--wire-encryption",
+        default="none",
+        help="settings to compare, taking turns: none, 128, 192, 256 (e.g. none,256)",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="runs of every part per setting (1)")
     p.add_argument("--quick", action="store_true", help="50 files, 30 appends, 128 MiB")
     p.add_argument("--json", type=Path, help="write the figures here too")
     p.add_argument("--workdir", type=Path, default=Path("/var/tmp"), help="parent of the run dir")
@@ -724,6 +831,12 @@ def main(argv: list[str] | None = None) -> int:
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
     if sync_mib % SYNC_FILES or sync_mib < SYNC_FILES:
         p.error(f"--sync-mib must be a multiple of {SYNC_FILES}")
+    try:
+        wires = parse_wires(args.wire_encryption)
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
 
     exe = wasmer_dfs_exe()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -732,17 +845,36 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(ValueError):
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     res: dict[str, Any] = {"schema": "wasmer-dfs-replbench/1", "propagation": {}}
+    runs: dict[str, dict[str, Any]] = {
+        wire_label(w): {"propagation": {m: [] for m in modes}, "initial_sync": []} for w in wires
+    }
     code = 0
     try:
         if "propagation" in parts:
             for mode in modes:
-                note(f"propagation, --recovery-mode {mode}: {files} files, {appends} appends")
-                res["propagation"][mode] = propagation(
-                    exe, run_dir / f"prop-{mode}", mode, files, appends
-                )
+                for r in range(args.rounds):
+                    for w in wires:
+                        label = wire_label(w)
+                        note(
+                            f"propagation, --recovery-mode {mode}, wire encryption {label}"
+                            f" (round {r + 1}): {files} files, {appends} appends"
+                        )
+                        runs[label]["propagation"][mode].append(
+                            propagation(
+                                exe, run_dir / f"prop-{mode}-{label}-{r}", mode, files, appends, w
+                            )
+                        )
         if "sync" in parts:
-            note(f"initial sync: A writes {sync_mib} MiB, then C mounts from an empty log")
-            res["initial_sync"] = initial_sync(exe, run_dir / "sync", sync_mib)
+            for r in range(args.rounds):
+                for w in wires:
+                    label = wire_label(w)
+                    note(
+                        f"initial sync, wire encryption {label} (round {r + 1}): A writes"
+                        f" {sync_mib} MiB, then C mounts from an empty log"
+                    )
+                    runs[label]["initial_sync"].append(
+                        initial_sync(exe, run_dir / f"sync-{label}-{r}", sync_mib, w)
+                    )
     except KeyboardInterrupt:
         note("interrupted; mounts were torn down")
         code = 130
@@ -760,6 +892,13 @@ def main(argv: list[str] | None = None) -> int:
             note(f"work directory kept: {run_dir}")
         elif not fuse_mounts_under(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
+    first = runs[wire_label(wires[0])]
+    res["propagation"] = {m: first["propagation"][m][0] for m in modes if first["propagation"][m]}
+    if first["initial_sync"]:
+        res["initial_sync"] = first["initial_sync"][0]
+    if len(wires) > 1 or args.rounds > 1:
+        res["wire"] = runs
+        res["wire_comparison"] = compare_wires(runs, modes)
     res["machine"] = vars(machine_info())
     res["rss_reset_ok"] = all(
         part["rss"]["reset_after_mount"] for part in res["propagation"].values()
@@ -774,6 +913,8 @@ def main(argv: list[str] | None = None) -> int:
         "parts": sorted(parts),
         "poll_sleep_s": POLL_SLEEP_S,
         "quick": args.quick,
+        "wire_encryption": [wire_label(w) for w in wires],
+        "rounds": args.rounds,
         "wasmer_dfs": exe,
         "workdir": str(run_dir),
     }
