@@ -42,11 +42,26 @@ def _translate(fn: F) -> F:
             raise pyfuse3.FUSEError(exc.errno) from None
         except pyfuse3.FUSEError:
             raise
+        except OSError as exc:
+            if exc.errno in DISK_FULL:  # the disk under the log: the writer gets ENOSPC
+                log.warning("%s: %s", fn.__name__, exc)
+                raise pyfuse3.FUSEError(exc.errno) from None
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
             log.exception("%s failed", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+#: errors of a full disk (or quota): passed on to the caller as they are, not as EIO
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk under the log is full (``FsError`` or ``OSError``)."""
+    return isinstance(exc, FsError | OSError) and exc.errno in DISK_FULL
 
 
 class GroupCommitter:
@@ -70,8 +85,11 @@ class GroupCommitter:
             self._wake.clear()
             try:
                 self._service.sync_all()
-            except Exception:
-                log.exception("background fsync failed")
+            except Exception as exc:
+                if disk_full(exc):  # the data stays buffered; written once there is room
+                    log.warning("background fsync: %s", exc)
+                else:
+                    log.exception("background fsync failed")
 
 
 class FuseOperations(LockOps, pyfuse3.Operations):

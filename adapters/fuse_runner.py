@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pyfuse3
 import pyfuse3.asyncio
 
-from adapters.fuse_ops import FuseOperations, GroupCommitter
+from adapters.fuse_ops import FuseOperations, GroupCommitter, disk_full
 from adapters.ntp import ClockSyncError, NtpClock
 from application.checkpoint import check_prefix
 from application.compaction import Compactor
@@ -93,12 +93,25 @@ async def raise_read_ahead(
 
 
 async def _ticker(service: FileSystemService) -> None:
+    full = False  # the disk under the log is full: said once, not every tick
     while True:
         await asyncio.sleep(TICK_SECONDS)
         try:
             service.tick(IDLE_COMMIT_SECONDS)
-        except Exception:
-            log.exception("background commit failed")
+        except Exception as exc:
+            if not disk_full(exc):
+                log.exception("background commit failed")
+            elif not full:
+                full = True
+                log.warning(
+                    "the disk under the log is full (%s): buffered writes wait for room;"
+                    " free space on that disk",
+                    exc,
+                )
+        else:
+            if full:
+                full = False
+                log.warning("the disk under the log has room again")
 
 
 async def compact_in_background(compactor: Compactor) -> None:

@@ -27,6 +27,7 @@ import re
 import struct
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
@@ -315,6 +316,10 @@ class _Storage:
     def sync(self) -> None:
         raise NotImplementedError
 
+    def free_space(self, end: int) -> int | None:
+        """Bytes left for the log on its disk (``end``: the log's size now), None: no limit."""
+        return None
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -513,6 +518,30 @@ class _LogBase(RedoLog):
         if not self._read_only:
             self._storage.sync()
 
+    def free_space(self) -> int | None:
+        if self._read_only or self._storage.closed:
+            return None
+        return self._storage.free_space(self._end)
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._check_open()
+            if self._read_only:
+                raise LogError(f"{self._storage.where}: the log was opened read-only")
+            if self._broken is not None:
+                raise LogError(self._broken)
+            if self._end == self._committed_end:
+                return
+            try:
+                self._storage.truncate(self._committed_end)
+            except Exception as exc:
+                self._broken = (
+                    f"{self._storage.where}: an unfinished transaction could not be cut ({exc});"
+                    " close and reopen the log"
+                )
+                raise LogError(self._broken) from None
+            self._end = self._committed_end
+
     def close(self) -> None:
         if not self._storage.closed:
             self._storage.close()
@@ -543,11 +572,36 @@ def _pread_fd(fd: int, offset: int, n: int) -> bytes:
 
 
 class _FileStorage(_Storage):
+    #: ``free_space`` asks the file system again after the log grew this much, after this many
+    #: seconds, and always while less than ``FREE_LOW`` is left (so freed space is seen at once)
+    FREE_RECHECK_BYTES = 1 << 20
+    FREE_RECHECK_SECONDS = 1.0
+    FREE_LOW = 64 << 20
+
     def __init__(self, fd: int, path: pathlib.Path) -> None:
         self.fd = fd
         self.where = str(path)
         self.closed = False
         self.hint = repair_hint(str(path.parent))
+        self._free: tuple[int, int, float] | None = None  # (free bytes, log end, when)
+
+    def free_space(self, end: int) -> int | None:
+        known = self._free
+        now = time.monotonic()
+        if known is not None:
+            free, at, when = known
+            grown = end - at
+            estimate = free - max(0, grown)
+            if (
+                0 <= grown < self.FREE_RECHECK_BYTES
+                and now - when < self.FREE_RECHECK_SECONDS
+                and estimate >= self.FREE_LOW
+            ):
+                return estimate
+        st = os.fstatvfs(self.fd)
+        free = st.f_bavail * st.f_frsize
+        self._free = (free, end, now)
+        return free
 
     def pread(self, offset: int, n: int) -> bytes:
         if self.closed:
@@ -893,11 +947,25 @@ class MemoryDisk:
         self.synced = len(data)
 
 
+class DiskSpace:
+    """The room left on the "disk" of a ``MemoryRedoLogFactory`` (None: unlimited); tests set
+    ``free`` to make appends fail with ENOSPC, as a full disk does."""
+
+    __slots__ = ("free",)
+
+    def __init__(self, free: int | None = None) -> None:
+        self.free = free
+
+
 class _MemoryStorage(_Storage):
-    def __init__(self, disk: MemoryDisk, where: str) -> None:
+    def __init__(self, disk: MemoryDisk, where: str, space: DiskSpace | None = None) -> None:
         self.disk = disk
         self.where = where
         self.closed = False
+        self.space = space if space is not None else DiskSpace()
+
+    def free_space(self, end: int) -> int | None:
+        return self.space.free
 
     def pread(self, offset: int, n: int) -> bytes:
         if self.closed:
@@ -909,12 +977,22 @@ class _MemoryStorage(_Storage):
 
     def append(self, parts: Sequence[bytes]) -> None:
         data = self.disk.data
+        space = self.space
         for p in parts:
+            if space.free is not None:
+                if len(p) > space.free:  # what fits is written, as a full disk does
+                    data.extend(p[: space.free])
+                    space.free = 0
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                space.free -= len(p)
             data.extend(p)
 
     def truncate(self, length: int) -> None:
+        cut = len(self.disk.data) - length
         del self.disk.data[length:]
         self.disk.synced = len(self.disk.data)
+        if self.space.free is not None and cut > 0:
+            self.space.free += cut
 
     def sync(self) -> None:
         self.disk.synced = len(self.disk.data)
@@ -935,11 +1013,12 @@ class MemoryRedoLog(_LogBase):
         create_body: bytes | None = None,
         resume_at: int | None = None,
         temp_of: str | None = None,
+        space: DiskSpace | None = None,
     ) -> None:
         self.disk = disk
         self.temp_of = temp_of
         super().__init__(
-            _MemoryStorage(disk, f"memory log {chain!r}"),
+            _MemoryStorage(disk, f"memory log {chain!r}", space),
             read_only=read_only,
             create_body=create_body,
             resume_at=resume_at,
@@ -954,6 +1033,8 @@ class MemoryRedoLogFactory(RedoLogFactory):
     """In-memory logs with the semantics of the file logs, plus ``crash()`` for tests."""
 
     def __init__(self) -> None:
+        #: the room left on the in-memory "disk" of every log (unlimited unless a test sets it)
+        self.space = DiskSpace()
         self._disks: dict[str, MemoryDisk] = {}
         self._open: list[MemoryRedoLog] = []
         self._checkpoints: dict[str, bytes] = {}
@@ -1002,13 +1083,15 @@ class MemoryRedoLogFactory(RedoLogFactory):
         if self.exists(chain):
             raise LogExists(f"a log for chain {chain!r} already exists")
         disk = self._disks[chain] = MemoryDisk(encode_header(header))
-        return self._track(MemoryRedoLog(disk, chain, create_body=header))
+        return self._track(MemoryRedoLog(disk, chain, create_body=header, space=self.space))
 
     def open(self, chain: str, *, read_only: bool = False, resume_at: int | None = None) -> RedoLog:
         disk = self._disk(chain)
         if not read_only:
             self._check_no_writer(chain, disk)
-        return self._track(MemoryRedoLog(disk, chain, read_only=read_only, resume_at=resume_at))
+        return self._track(
+            MemoryRedoLog(disk, chain, read_only=read_only, resume_at=resume_at, space=self.space)
+        )
 
     def read_header(self, chain: str) -> bytes:
         data = self._disk(chain).data
@@ -1028,7 +1111,13 @@ class MemoryRedoLogFactory(RedoLogFactory):
         disk = MemoryDisk(encode_header(header))
         disk.synced = 0  # a new file: nothing of it is durable before its first sync
         return self._track(
-            MemoryRedoLog(disk, f"{chain} (temporary)", create_body=header, temp_of=chain)
+            MemoryRedoLog(
+                disk,
+                f"{chain} (temporary)",
+                create_body=header,
+                temp_of=chain,
+                space=self.space,
+            )
         )
 
     def _temp(self, log: RedoLog, chain: str | None = None) -> MemoryRedoLog:

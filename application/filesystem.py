@@ -208,6 +208,12 @@ class FileSystemService:
     #: whole page is not kept: the kernel's page cache holds it from then on.
     PAGE_CACHE_BYTES = 24 * 1024 * 1024
     ATTEST_SECONDS = 1.0  # at most one ML-DSA signature of the chain's head per second
+    #: room kept free on the disk under the log (docs/adr/0003, "A full disk"): a change that
+    #: adds to the file system is refused with ENOSPC before its first event when less would be
+    #: left, so no operation is cut in half by a full disk; deletions may use the reserve
+    SPACE_RESERVE = 2 * 1024 * 1024
+    #: log bytes of one event besides its payload (frame, metadata, seal), counted generously
+    EVENT_OVERHEAD = 1024
 
     def __init__(
         self,
@@ -244,6 +250,17 @@ class FileSystemService:
         #: their last name (``_maybe_reap``)
         self.replicated = False
         self._unlinked_here: set[int] = set()
+
+    # -- disk space ----------------------------------------------------------------------------
+    def _room(self, nbytes: int = 0, *, deleting: bool = False) -> None:
+        """``FsError(ENOSPC)`` unless the log's disk has room for ``nbytes`` of payload and a
+        few events, and (unless ``deleting``) the reserve besides."""
+        free = self.session.log.free_space()
+        if free is None:
+            return
+        need = nbytes + 4 * self.EVENT_OVERHEAD + (0 if deleting else self.SPACE_RESERVE)
+        if free < need:
+            raise FsError(errno.ENOSPC, "no space left on the disk under the log")
 
     # -- set-up --------------------------------------------------------------------------------
     def format_if_empty(self, uid: int, gid: int, mode: int = 0o755) -> None:
@@ -463,6 +480,7 @@ class FileSystemService:
         self._dir(parent)
         if self.view.lookup(parent, name) is not None:
             raise FsError(errno.EEXIST)
+        self._room(len(data.target or b""))
         ino = self._new_key()
         self._put_inode(ino, data, self._new_okey(ino))
         self._put_dentry(self._new_key(), parent, name, ino)
@@ -507,6 +525,7 @@ class FileSystemService:
             raise FsError(errno.EPERM)
         if self.view.lookup(parent, name) is not None:
             raise FsError(errno.EEXIST)
+        self._room()
         now = self.clock.now_ns()
         self._put_dentry(self._new_key(), parent, name, ino)
         self._touch(ino, _replace(data, ctime_ns=now))
@@ -521,6 +540,7 @@ class FileSystemService:
         data = self.inode(entry.inode)
         if data.is_dir:
             raise FsError(errno.EISDIR)
+        self._room(deleting=True)
         now = self.clock.now_ns()
         self._delete_dentry(entry.dentry, parent)
         self._dir_changed(parent, now)
@@ -536,6 +556,7 @@ class FileSystemService:
         self._dir(entry.inode)
         if self.view.dirs.get(entry.inode):
             raise FsError(errno.ENOTEMPTY)
+        self._room(deleting=True)
         self._delete_dentry(entry.dentry, parent)
         self._dir_changed(parent, self.clock.now_ns())
         self._maybe_reap(entry.inode, unlinked_here=True)
@@ -559,6 +580,7 @@ class FileSystemService:
                 if p == src.inode:
                     raise FsError(errno.EINVAL, "cannot move a directory into itself")
                 p = self.view.parent_of(p) if p != ROOT_INO else None
+        self._room()
         now = self.clock.now_ns()
         if dst is not None and flags & RENAME_EXCHANGE:
             self._put_dentry(src.dentry, np, nname, src.inode)
@@ -589,6 +611,7 @@ class FileSystemService:
     # -- attributes ----------------------------------------------------------------------------
     def setattr(self, ino: int, changes: SetAttr) -> Attr:
         data = self.inode(ino)
+        self._room(deleting=changes.size is not None and changes.size < data.size)
         now = self.clock.now_ns()
         new = data
         if changes.size is not None and changes.size != data.size:
@@ -647,6 +670,7 @@ class FileSystemService:
 
     def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         data = self.inode(ino)
+        self._room(len(name) + len(value))
         self._put_xattrs(ino, xattr_set(self.view.xattrs.get(ino, {}), name, value, flags))
         self._touch(ino, _replace(data, ctime_ns=self.clock.now_ns()))
 
@@ -656,6 +680,7 @@ class FileSystemService:
         if name not in current:
             check_xattr_name(name)
             raise FsError(errno.ENODATA)
+        self._room(deleting=True)
         self._put_xattrs(ino, {n: v for n, v in current.items() if n != name})
         self._touch(ino, _replace(data, ctime_ns=self.clock.now_ns()))
 
@@ -750,6 +775,8 @@ class FileSystemService:
         data = self.inode(h.ino)
         if not data.is_reg:
             raise FsError(errno.EINVAL)
+        # refused before anything changes: a full disk is reported by the write that meets it
+        self._room(self._dirty_bytes + len(buf))
         ps = self.page_size
         dirty = self._dirty_pages.setdefault(h.ino, {})
         end = offset + len(buf)
@@ -815,6 +842,7 @@ class FileSystemService:
         if mode & FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE:
             raise FsError(errno.EOPNOTSUPP)
         end = offset + length
+        self._room(deleting=bool(zeroing))
         if zeroing:
             self._zero_range(h.ino, offset, min(end, data.size), data.size)
         size = data.size if mode & FALLOC_FL_KEEP_SIZE else max(data.size, end)
@@ -901,12 +929,16 @@ class FileSystemService:
         return self.write(fh_out, off_out, data)
 
     def _flush_pages(self, ino: int) -> None:
-        dirty = self._dirty_pages.pop(ino, None)
+        dirty = self._dirty_pages.get(ino)
         if not dirty:
+            self._dirty_pages.pop(ino, None)
             return
+        ps = self.page_size
+        # A page stays dirty until its event is in the log: when the disk is full, nothing
+        # written is lost, and a later flush (once there is room) writes it.
+        self._room(len(dirty) * (ps + self.EVENT_OVERHEAD))
         okey = self._okey(ino)
         size = self.inode(ino).size
-        ps = self.page_size
         for idx in sorted(dirty):
             page = dirty[idx]
             valid = min(ps, max(0, size - idx * ps))
@@ -921,7 +953,9 @@ class FileSystemService:
                 parent=(ino, COLL_PAGES),
                 extra=[Chunk(idx)],
             )
+            del dirty[idx]
             self._dirty_bytes -= ps
+        self._dirty_pages.pop(ino, None)
 
     def _drop_dirty(self, ino: int) -> None:
         dirty = self._dirty_pages.pop(ino, None)
@@ -969,8 +1003,10 @@ class FileSystemService:
         else:
             self._open.pop(h.ino, None)
         if h.ino in self.view.inodes:
-            self.flush_file(h.ino)
-            self._maybe_reap(h.ino)
+            try:
+                self.flush_file(h.ino)  # on a full disk its pages stay dirty for a later flush
+            finally:
+                self._maybe_reap(h.ino)
         if h.wrote:
             self.session.commit()
         return h.wrote

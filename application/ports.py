@@ -133,6 +133,18 @@ class RedoLog(abc.ABC):
     def size(self) -> int:
         """Bytes in the log, header included."""
 
+    def free_space(self) -> int | None:
+        """Bytes the disk under the log still has for it (an estimate, cheap to ask often);
+        None when there is no such limit. A full disk shows as ``OSError(ENOSPC)`` from
+        ``append``; this lets a writer refuse a change before its first record instead."""
+        return None
+
+    def abandon(self) -> None:
+        """Cut the records after ``committed_end`` (an unfinished transaction), durably: what
+        a writer does when a transaction cannot be finished (a full disk). Raises when the cut
+        fails (then nothing more may be appended)."""
+        raise LogError("this log cannot abandon an unfinished transaction")
+
     @abc.abstractmethod
     def close(self) -> None: ...
 

@@ -711,6 +711,29 @@ class RedoLogContract:
         log.close()
         factory.open_damaged(CHAIN).close()
 
+    def test_abandon_cuts_an_unfinished_transaction_and_appends_go_on(
+        self, factory: RedoLogFactory
+    ) -> None:
+        log = factory.create(CHAIN, HEADER)
+        log.append(LogRecord(b"ok", 0, b"ok", True))
+        size = log.size()
+        log.append(LogRecord(b"half", 0, b"x" * 500, False))
+        log.append(LogRecord(b"half-2", 0, b"y" * 500, False))
+        log.abandon()
+        assert log.size() == size == log.committed_end
+        assert len(self.raw(factory, CHAIN)) == size  # cut on disk too, not just forgotten
+        log.abandon()  # nothing unfinished: nothing happens
+        log.append(LogRecord(b"next", 0, b"next", True))
+        log.close()
+        log = factory.open(CHAIN)
+        assert log.open_report.cut_bytes == 0
+        assert replay(log) == [(b"ok", 0, b"ok", True), (b"next", 0, b"next", True)]
+        log.close()
+        log = factory.open(CHAIN, read_only=True)
+        with pytest.raises(LogError, match="read-only"):
+            log.abandon()
+        log.close()
+
 
 class TestFileRedoLog(RedoLogContract):
     @pytest.fixture
@@ -765,6 +788,19 @@ class TestFileRedoLog(RedoLogContract):
             other.open(CHAIN)
         tmp.close()
         other.open(CHAIN).close()
+
+    def test_free_space_is_what_the_disk_under_the_log_has(
+        self, factory: FileRedoLogFactory
+    ) -> None:
+        log = factory.create(CHAIN, HEADER)
+        st = os.statvfs(factory.directory)
+        free = log.free_space()
+        assert free is not None
+        assert abs(free - st.f_bavail * st.f_frsize) < 64 << 20  # others write to this disk too
+        log.close()
+        log = factory.open(CHAIN, read_only=True)
+        assert log.free_space() is None  # nothing will be written through it
+        log.close()
 
     def test_layout_on_disk(self, factory: FileRedoLogFactory) -> None:
         factory.create(CHAIN, HEADER).close()
@@ -823,6 +859,26 @@ class TestMemoryRedoLog(RedoLogContract):
     def preserved(self, factory: RedoLogFactory, name: str) -> bytes:
         assert isinstance(factory, MemoryRedoLogFactory)
         return factory.preserved[name]
+
+    def test_a_full_disk_fails_the_append_and_leaves_no_partial_frame(
+        self, factory: MemoryRedoLogFactory
+    ) -> None:
+        log = factory.create(CHAIN, HEADER)
+        log.append(LogRecord(b"ok", 0, b"ok", True))
+        size = log.size()
+        factory.space.free = 300
+        assert log.free_space() == 300
+        with pytest.raises(OSError) as full:
+            log.append(LogRecord(b"too-big", 0, b"z" * 1000, True))
+        assert full.value.errno == errno.ENOSPC
+        assert log.size() == size == len(factory.disk(CHAIN))  # the part written was cut
+        assert factory.space.free == 300  # and its room given back
+        log.append(LogRecord(b"fits", 0, b"f" * 10, True))
+        factory.space.free = None
+        log.close()
+        log = factory.open(CHAIN)
+        assert replay(log) == [(b"ok", 0, b"ok", True), (b"fits", 0, b"f" * 10, True)]
+        log.close()
 
     def test_a_crash_before_replace_loses_the_temporary_log(
         self, factory: MemoryRedoLogFactory
