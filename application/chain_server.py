@@ -23,6 +23,8 @@ because its stream is read from the log at its own cursor (the log is the queue)
 from __future__ import annotations
 
 import bisect
+import contextlib
+import errno
 import logging
 from array import array
 from collections import deque
@@ -85,6 +87,9 @@ from domain.wire import (
 )
 
 _log = logging.getLogger("wasmer_dfs.server")
+
+#: a full disk (or quota) under the server's logs: the commit is refused, the chain stays up
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 MAX_HEADER_BODY = 64 * 1024
 
@@ -338,10 +343,22 @@ class ChainHost:
             raise Refused(f"chain {name!r} was created by another client meanwhile") from None
         except LogError as exc:
             raise Refused(f"the server cannot create chain {name!r}: {exc}") from None
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            raise CommitRejected(
+                f"the server's disk is full ({exc.strerror or exc}): chain {name!r} was not"
+                " created; try again later"
+            ) from None
         host = cls(name, log, header_body, state)
         host._boundaries.append(log.committed_end)
         try:
             appended = host._append(tx, records)
+        except CommitRejected:
+            log.close()
+            with contextlib.suppress(LogError, OSError):
+                logs.remove(name)  # a chain without its genesis would be no chain
+            raise
         except BaseException:
             log.close()
             raise
@@ -430,7 +447,22 @@ class ChainHost:
                     first = pos
                 if not last:
                     located.append(Located(hdr, ref, position=pos))
-        except (LogError, OSError, ValueError) as exc:
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                self._break(f"writing to chain {self.name!r} failed: {exc}")
+            # A full disk: the transaction's records so far are cut, and the client is told
+            # (nothing of it was kept); the chain stays up and later commits go on once the
+            # disk has room (docs/adr/0008).
+            try:
+                self.log.abandon()
+            except LogError as cut:
+                self._break(f"writing to chain {self.name!r} failed: {exc}; {cut}")
+            _log.warning("chain %r: a commit was refused: %s", self.name, exc)
+            raise CommitRejected(
+                f"the server's disk is full ({exc.strerror or exc}): the transaction was not"
+                " stored; try again later"
+            ) from None
+        except (LogError, ValueError) as exc:
             # records of an unfinished transaction may be on disk: nothing more may follow
             # them; reopening the log cuts them
             self._break(f"writing to chain {self.name!r} failed: {exc}")
