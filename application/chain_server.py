@@ -61,6 +61,7 @@ from domain.errors import DomainError
 from domain.events import EventHeader, parse_header
 from domain.hashing import EMPTY_HASH, h
 from domain.wire import (
+    DISK_FULL_REASON,
     PROTOCOL_VERSIONS,
     Commit,
     CommitError,
@@ -347,8 +348,8 @@ class ChainHost:
             if exc.errno not in DISK_FULL:
                 raise
             raise CommitRejected(
-                f"the server's disk is full ({exc.strerror or exc}): chain {name!r} was not"
-                " created; try again later"
+                f"{DISK_FULL_REASON} ({exc.strerror or exc}): chain {name!r} was not created;"
+                " try again later"
             ) from None
         host = cls(name, log, header_body, state)
         host._boundaries.append(log.committed_end)
@@ -459,8 +460,8 @@ class ChainHost:
                 self._break(f"writing to chain {self.name!r} failed: {exc}; {cut}")
             _log.warning("chain %r: a commit was refused: %s", self.name, exc)
             raise CommitRejected(
-                f"the server's disk is full ({exc.strerror or exc}): the transaction was not"
-                " stored; try again later"
+                f"{DISK_FULL_REASON} ({exc.strerror or exc}): the transaction was not stored;"
+                " try again later"
             ) from None
         except (LogError, ValueError) as exc:
             # records of an unfinished transaction may be on disk: nothing more may follow

@@ -39,6 +39,7 @@ from domain.errors import DomainError
 from domain.events import Chunk, EventHeader, Parent, Tombstone, Type
 from domain.fs.model import TYPE_DENTRY, TYPE_INODE, TYPE_PAGE, FsError, InodeData
 from domain.wire import (
+    DISK_FULL_REASON,
     CommitRecord,
     Confirmed,
     EndOfHistory,
@@ -519,6 +520,10 @@ class ReplicationService(ReplicaSync):
                     log.warning("event %s is in the chain already: not uploaded again", event)
                     self.replica.drop_events.add(bytes.fromhex(event))
                     continue
+                if exc.reason.startswith(DISK_FULL_REASON):
+                    # for now, not for good: the changes stay here and go up again after the
+                    # reconnection's backoff, until the server has room
+                    raise RemoteError(f"upload postponed: {exc.reason}") from None
                 log.error("the chain server refused local changes (kept here only): %s", exc.reason)
                 self.state.last_error = exc.reason
                 self.state.stats.rejected += 1

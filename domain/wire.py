@@ -252,6 +252,11 @@ class CommitError(msgspec.Struct, frozen=True, tag="commit-error", tag_field="t"
     reason: Reason
 
 
+#: how a ``CommitError`` reason starts when the server's disk is full: the refusal is for now,
+#: not for good, and the client sends the transaction again later (docs/adr/0008)
+DISK_FULL_REASON = "the server's disk is full"
+
+
 class ReadOnly(msgspec.Struct, frozen=True, tag="read-only", tag_field="t"):
     """The chain accepts no commits for now (the reason says why); the stream goes on."""
 

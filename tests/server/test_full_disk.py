@@ -7,6 +7,7 @@ confirmed transaction."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -19,9 +20,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from adapters.ws_client import ChainClient, CommitFailed
-from domain.wire import CommitRecord
+from domain.wire import DISK_FULL_REASON, CommitRecord
 
-from .conftest import LocalChain, create_chain
+from .conftest import LocalChain, Servers, create_chain
 
 if TYPE_CHECKING:
     from tests.tmpfs import Tmpfs
@@ -176,3 +177,43 @@ async def test_a_chain_is_not_created_on_a_full_disk_and_is_once_there_is_room(
             proc.wait()
     log = stderr.read_text(errors="replace")
     assert "Traceback" not in log, log
+
+
+async def test_a_replica_keeps_its_changes_while_the_servers_disk_is_full(
+    small_tmpfs: Tmpfs, tmp_path: Path
+) -> None:
+    """A full server disk is a refusal for now, not for good: the replica's changes stay
+    (not counted as rejected) and go up once the server has room."""
+    from tests.server.test_replication_service import Rig, settled
+
+    servers = Servers(small_tmpfs.path / "server")
+    try:
+        server = await servers.start()
+        rig = Rig(tmp_path / "replicas", f"{server.url}/db/svc")
+        rig.tmp.mkdir()
+        try:
+            a = await rig.replica("a")
+            a.write(b"before", b"b" * 1000)
+            await settled([a])
+            filler = small_tmpfs.fill("filler", leave=64 * 1024)
+            data = os.urandom(300_000)
+            a.write(b"while-full", data)
+            async with asyncio.timeout(30):
+                while DISK_FULL_REASON not in a.service.state.last_error:
+                    a.fs.flush_all()
+                    a.mounted.session.commit()
+                    await asyncio.sleep(0.05)
+            assert a.service.state.stats.rejected == 0
+            assert a.read(b"while-full") == data
+            filler.unlink()
+            await settled([a], timeout=60)
+            assert a.service.state.stats.rejected == 0
+            b = await rig.replica("b")
+            assert b.read(b"while-full") == data
+            assert b.read(b"before") == b"b" * 1000
+        finally:
+            for r in rig.replicas:
+                with contextlib.suppress(Exception):
+                    await r.stop()
+    finally:
+        await servers.stop_all()
