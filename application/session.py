@@ -6,6 +6,18 @@ Encryption (see docs/adr/0004): the passcode gives the chain's read key through 
 and carried in the event's ``Confidentiality`` metadata; event data is AES-256-GCM under the
 object key, with the chain id and the metadata hash as associated data, so data cannot be moved
 to another event, object or chain without detection.
+
+The session keeps the log, the index and its pipeline, and writes, deletes, commits, attests
+and replays; it delegates the rest to rooms of one job each:
+
+* application/chain_header.py - the chain header and its Argon2id bounds;
+* application/keys.py - ``ChainKeys``: the read key and passcode check, object keys, the
+  signing key, the local seal and checkpoint keys;
+* application/payloads.py - ``PayloadMapper``: payload bytes to stored bytes and back;
+* application/session_errors.py - the errors.
+
+Every name other modules import from here (the header, the keys' constants, ``ObjectKey``, the
+errors) is re-exported.
 """
 
 from __future__ import annotations
@@ -13,23 +25,29 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
-import msgspec
-
+from application import twins
+from application.chain_header import DEFAULT_KDF, HEADER_VERSION, ChainHeader, KdfHeader
+from application.keys import CHAIN_KEY_OBJECT, TYPE_CHAIN_KEY, ChainKeys, ObjectKey
+from application.payloads import PayloadMapper
 from application.ports import (
     Clock,
     Crypto,
-    CryptoError,
     DataRef,
-    KdfParams,
     LogError,
     LogRecord,
     RedoLog,
     RedoLogFactory,
     ScannedRecord,
 )
+from application.session_errors import (
+    ChainIntegrityError,
+    ChainMismatch,
+    SessionError,
+    WrongPasscode,
+)
 from application.snapshot import no_gc
+from application.twins import Rebuildable
 from domain.chain import (
     Authenticator,
     AuthorizationValidator,
@@ -46,143 +64,41 @@ from domain.errors import DomainError
 from domain.events import (
     Confidentiality,
     DataKey,
-    EncryptedPrivateKey,
     EventHeader,
-    LocalSeal,
     Meta,
     Nonce,
     Parent,
-    PublicKey,
-    Signature,
     Timestamp,
     Tombstone,
     Type,
-    WriteEveryone,
-    WriteOption,
-    WriteSpecific,
     encode_meta,
     make_header,
     parse_header,
 )
 from domain.formats import Format
-from domain.hashing import (
-    EMPTY_HASH,
-    checkpoint_key,
-    h,
-    key_hash,
-    local_mac,
-    seal_key,
-    transaction_digest,
-)
+from domain.hashing import EMPTY_HASH, h, transaction_digest
 from domain.trust import signed_digest
 
-CHAIN_KEY_OBJECT = 2
-TYPE_CHAIN_KEY = "chain-key"
-#: 2: signatures cover the seal's metadata too (domain/trust.py); version 1 chains keep their
-#: older signatures valid
-HEADER_VERSION = 2
-KEY_CHECK = b"wasmer-dfs/key-check/v1"
+__all__ = [
+    "CHAIN_KEY_OBJECT",
+    "DEFAULT_KDF",
+    "HEADER_VERSION",
+    "ChainHeader",
+    "ChainIntegrityError",
+    "ChainMismatch",
+    "ChainSession",
+    "Formats",
+    "KdfHeader",
+    "ObjectKey",
+    "Rebuildable",
+    "SessionError",
+    "WrongPasscode",
+]
+
 #: random bytes that make an event without encrypted data unique (``Nonce``)
 NONCE_BYTES = 8
 
 _log = logging.getLogger("wasmer_dfs.session")
-
-
-class SessionError(Exception):
-    """Opening or using a chain failed; the message is meant for a human."""
-
-
-class WrongPasscode(SessionError):
-    pass
-
-
-class ChainMismatch(SessionError):
-    pass
-
-
-class ChainIntegrityError(SessionError):
-    pass
-
-
-#: Argon2id costs a chain header may demand (docs/adr/0014): they admit every cost this program
-#: writes (DEFAULT_KDF, the tests' (1, 8, 1)) and refuse a header - maybe a hostile server's -
-#: that would make a mount spend gigabytes or hours deriving a key
-KDF_ITERATIONS = (1, 64)
-KDF_MEMORY_KIB = (8, 4 * 1024 * 1024)  # 8 KiB .. 4 GiB
-KDF_LANES = (1, 64)
-KDF_SALT_BYTES = (16, 64)
-
-
-class KdfHeader(msgspec.Struct, frozen=True):
-    salt: bytes
-    iterations: int
-    memory_kib: int
-    lanes: int
-
-    def params(self) -> KdfParams:
-        return KdfParams(self.salt, self.iterations, self.memory_kib, self.lanes)
-
-    def check(self) -> None:
-        """``ChainIntegrityError`` when a cost or the salt lies outside sane bounds (checked
-        before any key is derived)."""
-        for what, value, (low, high) in (
-            ("iterations", self.iterations, KDF_ITERATIONS),
-            ("memory (KiB)", self.memory_kib, KDF_MEMORY_KIB),
-            ("lanes", self.lanes, KDF_LANES),
-            ("salt length", len(self.salt), KDF_SALT_BYTES),
-        ):
-            if not low <= value <= high:
-                raise ChainIntegrityError(
-                    f"the chain header asks for Argon2id {what} {value}, outside {low}..{high}:"
-                    " refused before deriving any key (a damaged or hostile header)"
-                )
-        if self.memory_kib < 8 * self.lanes:
-            raise ChainIntegrityError(
-                f"the chain header asks for Argon2id memory {self.memory_kib} KiB with"
-                f" {self.lanes} lanes (at least 8 KiB a lane): refused"
-            )
-
-
-class ChainHeader(msgspec.Struct, frozen=True):
-    version: int
-    chain_id: bytes
-    name: str
-    created_ms: int
-    encrypted: bool
-    kdf: KdfHeader | None
-    key_check: bytes
-    root_key_hash: bytes | None
-    page_size: int
-    #: the --configured-for preset the chain was created with (docs/adr/0014); a remount
-    #: without --configured-for keeps it. None: a chain from before presets were recorded.
-    configured_for: str | None = None
-
-    def encode(self) -> bytes:
-        return msgspec.msgpack.encode(self)
-
-    @classmethod
-    def decode(cls, body: bytes) -> ChainHeader:
-        try:
-            hdr = msgspec.msgpack.decode(body, type=cls)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ChainIntegrityError(f"the chain header is unreadable: {exc}") from None
-        if hdr.version > HEADER_VERSION:
-            raise ChainIntegrityError(
-                f"chain header version {hdr.version} is newer than this program"
-            )
-        return hdr
-
-    @property
-    def root_write(self) -> WriteOption:
-        if self.root_key_hash is None:
-            return WriteEveryone()
-        return WriteSpecific(self.root_key_hash)
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectKey:
-    key: bytes
-    conf: Confidentiality
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,29 +107,11 @@ class Formats:
     data: Format = Format.BINCODE
 
 
-DEFAULT_KDF = (3, 64 * 1024, 4)  # iterations, memory KiB, lanes: ~0.16 s here
-
-
-@runtime_checkable
-class Rebuildable(Indexer, Protocol):
-    """An indexer whose state can be rebuilt beside it and taken over in place (compaction
-    rebuilds the state from the new log off the event loop), and saved in a checkpoint."""
-
-    def fork(self, session: ChainSession) -> Rebuildable:
-        """A new, empty indexer of the same kind that reads through ``session``."""
-
-    def adopt(self, other: Rebuildable) -> None:
-        """Take the state of ``other`` (a fork) in place: references to this indexer's state
-        held elsewhere (the file-system service's view) stay valid."""
-
-    def export_state(self) -> bytes | None:
-        """The state as bytes for a checkpoint, or None when it cannot be saved."""
-
-    def import_state(self, blob: bytes | memoryview) -> None:
-        """Load ``export_state``'s bytes into this (empty) indexer; ValueError when unusable."""
-
-
 class ChainSession:
+    """One open chain: its log, the index and pipeline that validate and materialise it, and
+    the writes, commits, attestations and replays on it. Keys are ``self.keys``
+    (``ChainKeys``), payload sealing ``self.payloads`` (``PayloadMapper``)."""
+
     def __init__(
         self,
         log: RedoLog,
@@ -223,27 +121,28 @@ class ChainSession:
         read_key: bytes | None,
         formats: Formats,
         indexers: Sequence[Indexer] = (),
+        *,
+        keys: ChainKeys | None = None,
     ) -> None:
+        """``keys``: the keys of another session of the same chain to share (a compaction
+        twin); by default the session's own, from ``read_key``."""
         self.log = log
         self.header = header
         self.crypto = crypto
         self.clock = clock
         self.formats = formats
-        self._read_key = read_key
-        self._read_key_hash = key_hash(read_key) if read_key is not None else b""
+        self.keys = keys if keys is not None else ChainKeys(header, crypto, read_key)
+        self.payloads = PayloadMapper(crypto, header.chain_id, self.keys.encrypted)
         self.index = ChainIndex(chain_id=header.chain_id, root_write=header.root_write)
-        self._seal_key = seal_key(read_key) if read_key is not None else None
         authenticators: list[Authenticator] = [
             SignatureValidator(crypto.verify, legacy=header.version < 2)
         ]
-        if self._seal_key is not None and header.root_key_hash is not None:
-            authenticators.append(LocalSealAuthenticator(self._seal_key, header.root_key_hash))
+        if self.keys.seal_key is not None and header.root_key_hash is not None:
+            authenticators.append(LocalSealAuthenticator(self.keys.seal_key, header.root_key_hash))
         self.pipeline = Pipeline(
             validators=[ShapeValidator(local=True), AuthorizationValidator(authenticators)],
             indexers=list(indexers),
         )
-        self._unwrapped: dict[bytes, bytes] = {}
-        self._signing: tuple[bytes, bytes] | None = None  # (public key hash, secret key)
         self._pending: list[bytes] = []
         self._pending_keys: set[int] = set()
         #: called after each local transaction is sealed: (first position, end, object keys)
@@ -275,46 +174,34 @@ class ChainSession:
         kdf: tuple[int, int, int] = DEFAULT_KDF,
         configured_for: str | None = None,
     ) -> ChainSession:
+        """A new chain (encrypted unless ``passcode`` is None) on a new log: its header, and
+        for an encrypted chain the key object with the signing key, signed and attested."""
         chain_id = crypto.random(16)
-        read_key: bytes | None = None
-        kdf_hdr: KdfHeader | None = None
-        key_check = b""
-        root_hash: bytes | None = None
-        public = secret = b""
-        if passcode is not None:
-            kdf_hdr = KdfHeader(crypto.random(16), *kdf)
-            read_key = crypto.derive_key(passcode, kdf_hdr.params())
-            key_check = crypto.seal(read_key, KEY_CHECK, chain_id)
-            public, secret = crypto.sign_keypair()
-            root_hash = key_hash(public)
+        new = ChainKeys.new_chain(crypto, passcode, chain_id, kdf) if passcode is not None else None
         header = ChainHeader(
             version=HEADER_VERSION,
             chain_id=chain_id,
             name=chain,
             created_ms=clock.now_ms(),
-            encrypted=passcode is not None,
-            kdf=kdf_hdr,
-            key_check=key_check,
-            root_key_hash=root_hash,
+            encrypted=new is not None,
+            kdf=new.kdf if new else None,
+            key_check=new.key_check if new else b"",
+            root_key_hash=new.root_key_hash if new else None,
             page_size=page_size,
             configured_for=configured_for,
         )
         log = logs.create(chain, header.encode())
+        read_key = new.read_key if new else None
         session = cls(log, header, crypto, clock, read_key, formats, indexers)
-        if read_key is not None and root_hash is not None:
-            session._signing = (root_hash, secret)
-            okey = session.new_object_key()
-            sealed_secret = crypto.seal(okey.key, secret, chain_id)
+        if new is not None:
+            obj = session.keys.new_key_object(new)
             session.write(
                 CHAIN_KEY_OBJECT,
                 type_name=TYPE_CHAIN_KEY,
                 payload=None,
-                raw_data=sealed_secret,
-                okey=okey,
-                extra=[
-                    PublicKey(public),
-                    EncryptedPrivateKey(root_hash, session._read_key_hash, b""),
-                ],
+                raw_data=obj.sealed_secret,
+                okey=obj.okey,
+                extra=obj.meta,
             )
             session.commit(sign=True)
             session.attest()
@@ -345,7 +232,7 @@ class ChainSession:
                 f"this log belongs to chain {header.name!r}, not {chain!r}"
                 f" (chain id {header.chain_id.hex()})"
             )
-        read_key = cls.check_passcode(header, passcode, crypto)
+        read_key = ChainKeys.check_passcode(header, passcode, crypto)
         log = logs.open(chain, read_only=read_only, resume_at=resume_at)
         return cls(log, header, crypto, clock, read_key, formats, indexers)
 
@@ -364,7 +251,7 @@ class ChainSession:
         """An empty local replica of a chain whose header (the chain server's) is given; its
         events, the genesis included, arrive by replication."""
         header = ChainHeader.decode(header_body)
-        read_key = cls.check_passcode(header, passcode, crypto)
+        read_key = ChainKeys.check_passcode(header, passcode, crypto)
         log = logs.create(chain, header_body)
         return cls(log, header, crypto, clock, read_key, formats, indexers)
 
@@ -394,9 +281,7 @@ class ChainSession:
                 self.reset()
                 with no_gc():
                     count = self.replay()
-            if self._read_key is not None and (
-                not key_optional or CHAIN_KEY_OBJECT in self.index.objects
-            ):
+            if self.keys.encrypted and (not key_optional or CHAIN_KEY_OBJECT in self.index.objects):
                 self.load_signing_key()
         except BaseException:
             self.log.close()
@@ -405,61 +290,22 @@ class ChainSession:
 
     def reset(self) -> None:
         """Forget the replayed state (index and indexers) in place."""
-        self.index.adopt(
-            ChainIndex(chain_id=self.header.chain_id, root_write=self.header.root_write)
-        )
-        for ix in self.pipeline.indexers:
-            if not isinstance(ix, Rebuildable):
-                raise SessionError(f"{type(ix).__name__} cannot be reset")
-            ix.adopt(ix.fork(self))
-        self.last_tx_start = -1
-        self.replayed_from = None
+        twins.reset(self)
 
     @staticmethod
     def check_passcode(header: ChainHeader, passcode: bytes | None, crypto: Crypto) -> bytes | None:
-        if not header.encrypted:
-            if passcode is not None:
-                raise SessionError(
-                    "this chain was created with --no-auth and is not encrypted: mount it with"
-                    " --no-auth (no passcode)"
-                )
-            return None
-        if passcode is None:
-            raise SessionError("this chain is encrypted: a passcode is needed to mount it")
-        if header.kdf is None:
-            raise ChainIntegrityError("the chain header has no key-derivation parameters")
-        header.kdf.check()
-        read_key = crypto.derive_key(passcode, header.kdf.params())
-        try:
-            if crypto.open(read_key, header.key_check, header.chain_id) != KEY_CHECK:
-                raise CryptoError("key check mismatch")
-        except CryptoError:
-            raise WrongPasscode(
-                "wrong passcode: it does not open this chain (nothing was changed)"
-            ) from None
-        return read_key
+        """The read key ``passcode`` gives (``ChainKeys.check_passcode``)."""
+        return ChainKeys.check_passcode(header, passcode, crypto)
 
     def load_signing_key(self) -> None:
         """Unseal the chain's signing key from its key object (after a replay)."""
-        info = self.index.objects.get(CHAIN_KEY_OBJECT)
-        if info is None or info.type_name != TYPE_CHAIN_KEY or self.header.root_key_hash is None:
-            raise ChainIntegrityError("the chain's signing key is missing from the log")
-        try:
-            rec = self.log.read_record(info.position)
-        except LogError as exc:
-            raise ChainIntegrityError(f"the chain's signing key is unreadable: {exc}") from None
-        hdr = self._parse(rec)
-        conf = hdr.find(Confidentiality)
-        ref = rec.data
-        if hdr.key != CHAIN_KEY_OBJECT or not isinstance(conf, Confidentiality) or ref is None:
-            raise ChainIntegrityError("the chain's signing key is not sealed")
-        try:
-            secret = self.crypto.open(
-                self.unwrap(conf), self.log.read_data(ref), self.header.chain_id
-            )
-        except CryptoError:
-            raise ChainIntegrityError("the chain's signing key does not decrypt") from None
-        self._signing = (self.header.root_key_hash, secret)
+        self.keys.load_signing_key(self.index, self.log, self._parse)
+
+    @property
+    def _signing(self) -> tuple[bytes, bytes] | None:
+        """(public key hash, secret key) of the chain's signing key once loaded (tests read
+        it; ``self.keys.signing``)."""
+        return self.keys.signing
 
     def add_indexer(self, indexer: Indexer) -> None:
         self.pipeline.indexers.append(indexer)
@@ -518,39 +364,30 @@ class ChainSession:
             raise ChainIntegrityError(str(exc)) from None
         return count
 
-    # -- keys ----------------------------------------------------------------------------------
+    # -- keys (application/keys.py) -----------------------------------------------------------
     @property
     def encrypted(self) -> bool:
-        return self._read_key is not None
+        return self.keys.encrypted
 
     def new_object_key(self) -> ObjectKey:
-        if self._read_key is None:
-            raise SessionError("no read key: the chain is not encrypted")
-        key = self.crypto.random(32)
-        wrapped = self.crypto.seal(self._read_key, key, self.header.chain_id)
-        self._unwrapped[wrapped] = key
-        return ObjectKey(key, Confidentiality(self._read_key_hash, wrapped))
+        return self.keys.new_object_key()
 
     def unwrap(self, conf: Confidentiality) -> bytes:
-        key = self._unwrapped.get(conf.wrapped_key)
-        if key is None:
-            if self._read_key is None or conf.key_hash != self._read_key_hash:
-                raise ChainIntegrityError("data is encrypted for a key this session lacks")
-            try:
-                key = self.crypto.open(self._read_key, conf.wrapped_key, self.header.chain_id)
-            except CryptoError:
-                raise ChainIntegrityError("an object key does not unwrap") from None
-            self._unwrapped[conf.wrapped_key] = key
-        return key
+        return self.keys.unwrap(conf)
 
     def object_key(self, conf: Confidentiality) -> ObjectKey:
-        return ObjectKey(self.unwrap(conf), conf)
+        return self.keys.object_key(conf)
 
-    # -- data ----------------------------------------------------------------------------------
+    @property
+    def checkpoint_key(self) -> bytes | None:
+        """The key that seals this chain's checkpoints (None for a chain without keys)."""
+        return self.keys.checkpoint_key
+
+    # -- data (application/payloads.py) --------------------------------------------------------
     def read_payload(self, hdr: EventHeader, ref: DataRef) -> bytes:
         """The plaintext of an event's data (read from disk, verified, decrypted)."""
         conf = hdr.find(Confidentiality)
-        okey = self.object_key(conf) if isinstance(conf, Confidentiality) else None
+        okey = self.keys.object_key(conf) if isinstance(conf, Confidentiality) else None
         return self.read_sealed(ref, hdr.meta_hash, okey)
 
     def read_sealed(self, ref: DataRef, meta_hash: bytes, okey: ObjectKey | None) -> bytes:
@@ -559,28 +396,14 @@ class ChainSession:
             raw = self.log.read_data(ref)
         except LogError as exc:
             raise ChainIntegrityError(str(exc)) from None
-        return self._open_sealed(raw, ref.offset, meta_hash, okey)
+        return self.payloads.from_stored(raw, ref.offset, meta_hash, okey)
 
     def open_payload(self, hdr: EventHeader, raw: bytes, offset: int = -1) -> bytes:
         """The plaintext of an event's data given its bytes as stored (``ChainIntegrityError``
         when they do not authenticate)."""
         conf = hdr.find(Confidentiality)
-        okey = self.object_key(conf) if isinstance(conf, Confidentiality) else None
-        return self._open_sealed(raw, offset, hdr.meta_hash, okey)
-
-    def _open_sealed(
-        self, raw: bytes, offset: int, meta_hash: bytes, okey: ObjectKey | None
-    ) -> bytes:
-        if okey is None:
-            if self._read_key is not None:
-                raise ChainIntegrityError("unencrypted data in an encrypted chain")
-            return raw
-        try:
-            return self.crypto.open(okey.key, raw, self.header.chain_id + meta_hash)
-        except CryptoError:
-            raise ChainIntegrityError(
-                f"data at offset {offset} fails authentication (altered or misplaced)"
-            ) from None
+        okey = self.keys.object_key(conf) if isinstance(conf, Confidentiality) else None
+        return self.payloads.from_stored(raw, offset, hdr.meta_hash, okey)
 
     # -- writing -------------------------------------------------------------------------------
     def write(
@@ -636,11 +459,8 @@ class ChainSession:
             data: bytes | None = raw
         elif payload is None:
             data = None
-        elif okey is not None:
-            aad = self.header.chain_id + h(meta_bytes)
-            data = self.crypto.seal(okey.key, payload, aad)
         else:
-            data = payload
+            data = self.payloads.to_stored(payload, okey, meta_bytes)
         hdr = EventHeader(
             meta=tuple(meta),
             meta_bytes=meta_bytes,
@@ -674,12 +494,10 @@ class ChainSession:
         instead (what a transaction bound for other nodes needs)."""
         if not self._pending:
             return False
-        meta: list[Meta] = [Timestamp(self.clock.now_ms())]
-        digest = transaction_digest(self.header.chain_id, self._pending)
-        if sign and self._signing is not None:
+        if sign and self.keys.can_sign:
             meta = self.signed_seal(self._pending)
-        elif self._seal_key is not None:
-            meta.insert(0, LocalSeal(local_mac(self._seal_key, self._tx_head, digest)))
+        else:
+            meta = self.seal_meta(self._tx_head, self._pending)
         self._append_seal(meta)
         self.last_tx_start = self._tx_start
         keys = frozenset(self._pending_keys)
@@ -708,7 +526,7 @@ class ChainSession:
 
     @property
     def can_sign(self) -> bool:
-        return self._signing is not None
+        return self.keys.can_sign
 
     def signed_seal(self, event_hashes: Sequence[bytes], head: bytes = b"") -> list[Meta]:
         """Seal metadata for other nodes over a transaction of ``event_hashes`` (none: an
@@ -716,11 +534,10 @@ class ChainSession:
         over the events and that timestamp (``signed_digest``; just the timestamp in a chain
         without keys)."""
         meta: list[Meta] = [Timestamp(self.clock.now_ms())]
-        if self._signing is not None:
-            pk_hash, secret = self._signing
+        if self.keys.signing is not None:
             digest = signed_digest(self.header.chain_id, event_hashes, meta, head)
-            meta.insert(0, Signature(pk_hash, digest, self.crypto.sign(secret, digest)))
-        elif self._read_key is not None:
+            meta.insert(0, self.keys.signature(digest))
+        elif self.keys.encrypted:
             raise SessionError("the chain's signing key is not loaded yet")
         return meta
 
@@ -762,7 +579,7 @@ class ChainSession:
         """Sign the head of the chain: one ML-DSA signature vouches for all history before it.
         Runs in the background about once a second while there are writes, and at unmount."""
         self.commit()
-        if self._signing is None or not self.unattested:
+        if self.keys.signing is None or not self.unattested:
             return False
         head = self.index.head
         self.last_tx_start = self._append_seal(self.signed_seal([], head))
@@ -778,28 +595,12 @@ class ChainSession:
     def shadow(self, log: RedoLog) -> ChainSession:
         """A session over ``log`` (a log being rewritten) with the same keys and empty forks of
         this session's indexers: it validates and materialises what is written to ``log``,
-        apart from this one, until ``adopt`` takes its state over."""
-        twin = ChainSession(log, self.header, self.crypto, self.clock, self._read_key, self.formats)
-        twin._unwrapped = self._unwrapped  # object keys unwrapped once serve both
-        twin._signing = self._signing
-        for ix in self.pipeline.indexers:
-            if not isinstance(ix, Rebuildable):
-                raise SessionError(
-                    f"the indexer {type(ix).__name__} cannot be rebuilt: compaction is disabled"
-                )
-            twin.pipeline.indexers.append(ix.fork(twin))
-        return twin
+        apart from this one, until ``adopt`` takes its state over (application/twins.py)."""
+        return twins.shadow(self, log)
 
     def adopt(self, twin: ChainSession) -> None:
         """Take the state ``twin`` (from ``shadow``) built, in place, and its log."""
-        if self._pending:
-            raise SessionError("cannot switch logs with a transaction pending")
-        self.index.adopt(twin.index)
-        for mine, theirs in zip(self.pipeline.indexers, twin.pipeline.indexers, strict=True):
-            assert isinstance(mine, Rebuildable) and isinstance(theirs, Rebuildable)
-            mine.adopt(theirs)
-        self.log = twin.log
-        self.last_tx_start = twin.last_tx_start
+        twins.adopt(self, twin)
 
     def accept(self, tx: Transaction) -> None:
         """Validate and apply one transaction (read from elsewhere than this session's log)."""
@@ -812,12 +613,7 @@ class ChainSession:
         """The metadata of a local seal over a transaction of ``event_hashes`` that follows
         ``tx_head`` (just a timestamp in a chain without keys)."""
         meta: list[Meta] = [Timestamp(self.clock.now_ms())]
-        if self._seal_key is not None:
+        if self.keys.seal_key is not None:
             digest = transaction_digest(self.header.chain_id, event_hashes)
-            meta.insert(0, LocalSeal(local_mac(self._seal_key, tx_head, digest)))
+            meta.insert(0, self.keys.local_seal(tx_head, digest))
         return meta
-
-    @property
-    def checkpoint_key(self) -> bytes | None:
-        """The key that seals this chain's checkpoints (None for a chain without keys)."""
-        return checkpoint_key(self._read_key) if self._read_key is not None else None
