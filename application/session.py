@@ -14,10 +14,18 @@ and replays; it delegates the rest to rooms of one job each:
 * application/keys.py - ``ChainKeys``: the read key and passcode check, object keys, the
   signing key, the local seal and checkpoint keys;
 * application/payloads.py - ``PayloadMapper``: payload bytes to stored bytes and back;
+* application/twins.py - compaction twins: ``Rebuildable``, ``shadow``, ``adopt``, ``reset``;
 * application/session_errors.py - the errors.
 
 Every name other modules import from here (the header, the keys' constants, ``ObjectKey``, the
 errors) is re-exported.
+
+Why this module is over ~500 lines (about 620): ``ChainSession`` is one object whose state -
+the log, the index, the open transaction (pending hashes and keys, its head and start) and
+``last_tx_start`` - must change together on every write, commit, seal, replay and switch of
+logs; splitting those would spread one invariant over several classes. About 60 of its lines
+are thin delegates to the rooms above that keep the session's public methods working for its
+many callers (``new_object_key``, ``read_payload``, ``shadow``...).
 """
 
 from __future__ import annotations
