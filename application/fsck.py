@@ -4,7 +4,7 @@ every test, as S3QL does; ``wasmer-dfs verify`` builds on it)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from application.filesystem import FileSystemService
@@ -91,11 +91,14 @@ def verify(
     fs: FileSystemService,
     transactions: int,
     progress: Callable[[str, int, int], None] | None = None,
+    refused: Sequence[str] = (),
 ) -> VerifyReport:
     """Check a replayed chain end to end: every record's checksum and every seal and signature
     were checked by the replay; here every page is read back (hash and authentication tag) and
-    the materialised tree is checked for consistency."""
+    the materialised tree is checked for consistency. ``refused``: what this replica refused
+    from its chain server (docs/adr/0016), each a problem."""
     problems = list(fsck(fs))
+    problems += [f"this replica refused what its chain server served: {r}" for r in refused]
     pages = 0
     total = sum(len(t) for t in fs.view.pages.values())
     for ino, table in list(fs.view.pages.items()):

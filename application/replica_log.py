@@ -10,7 +10,7 @@ repeats anything. While mounted it follows the session's commits (``ChainSession
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from application.ports import LogRecord, ScannedRecord
@@ -35,7 +35,7 @@ from domain.events import (
     encode_meta,
     parse_header,
 )
-from domain.hashing import EMPTY_HASH, event_hash, h
+from domain.hashing import EMPTY_HASH, chain_head, event_hash, genesis_head, h
 from domain.trust import transaction_shape
 from domain.wire import CommitRecord, WireRecord
 
@@ -60,6 +60,11 @@ class Upload:
     hashes: tuple[bytes, ...] = ()  # its events' hashes (``ReplicaLog.sign`` adds the seal)
 
 
+class ForgedHistory(ChainIntegrityError):
+    """The chain server served a history no writer signed: a forged, reordered, dropped or
+    forked one (docs/adr/0016). The replica stops following that server."""
+
+
 class _Signers:
     """An authenticator that names signers already established (by the signature check over
     the whole transaction) for an authorisation check over part of it."""
@@ -76,6 +81,9 @@ class ReplicaLog:
         self.session = session
         #: the server position this replica has followed its chain to
         self.remote_cursor = 0
+        #: the server-order head at ``remote_cursor``: the hash chain over every event of the
+        #: server's chain in the server's order (b"": not known, a log from before it was kept)
+        self.remote_head = b""
         #: local transactions before this log position are in the server's chain
         self.uploaded_upto = 0
         self._local: deque[LocalTx] = deque()
@@ -112,16 +120,24 @@ class ReplicaLog:
             tx_end = groups[i + 1][0].position if i + 1 < len(groups) else end
             origin, uploaded = seal.find(Origin), seal.find(Uploaded)
             if origin is not None:
-                self.remote_cursor = max(self.remote_cursor, origin.end)
+                self._load_position(origin.end, origin.head)
             elif uploaded is not None and seal.find(LocalSeal) is not None:
                 self.uploaded_upto = max(self.uploaded_upto, uploaded.upto)
-                self.remote_cursor = max(self.remote_cursor, uploaded.server_end)
+                if uploaded.server_end >= 0:
+                    self._load_position(uploaded.server_end, uploaded.head)
             elif len(group) > 1:
                 candidates.append((tx_end, group))
+        if self.remote_cursor == 0:
+            self.remote_head = genesis_head(self.session.header.chain_id)
         for tx_end, group in candidates:
             if tx_end > self.uploaded_upto:
                 keys = frozenset(k for k in (event_key(_parse(r)) for r in group[:-1]) if k)
                 self._add(LocalTx(max(group[0].position, self.uploaded_upto), tx_end, keys))
+
+    def _load_position(self, end: int, head: bytes) -> None:
+        if end >= self.remote_cursor:
+            self.remote_cursor = end
+            self.remote_head = head
 
     def _add(self, tx: LocalTx) -> None:
         self._local.append(tx)
@@ -196,12 +212,20 @@ class ReplicaLog:
         seal = self.session.signed_seal(upload.hashes)
         fmt = self.session.formats.meta
         records = [*upload.records, CommitRecord(encode_meta(seal, fmt), int(fmt))]
-        return Upload(records, upload.upto, upload.events)
+        return Upload(records, upload.upto, upload.events, upload.hashes)
 
-    def mark_uploaded(self, upto: int, server_end: int) -> None:
+    def attestation(self) -> list[CommitRecord]:
+        """An attestation of the server-order head for the server (a transaction without
+        events whose signature covers ``remote_head``; docs/adr/0016). One ML-DSA signature:
+        run it off the loop."""
+        seal = self.session.signed_seal([], self.remote_head)
+        fmt = self.session.formats.meta
+        return [CommitRecord(encode_meta(seal, fmt), int(fmt))]
+
+    def mark_uploaded(self, upto: int, server_end: int, hashes: Sequence[bytes] = ()) -> None:
         """Local transactions up to ``upto`` are in the server's chain (which then ended at
-        ``server_end``; -1: not known): recorded in the log, so a restart does not repeat
-        them."""
+        ``server_end``; -1: not known, nothing reached the server), carried there by events of
+        ``hashes``: recorded in the log, so a restart does not repeat them."""
         while self._local and self._local[0].end <= upto:
             done = self._local.popleft()
             self._busy.subtract(done.keys)
@@ -213,9 +237,46 @@ class ReplicaLog:
             head = self._local[0]
             self._local[0] = LocalTx(upto, head.end, head.keys, head.offline)
         self.uploaded_upto = max(self.uploaded_upto, upto)
+        at = b""
         if server_end >= 0:
+            self.remote_head = at = self._folded(hashes)
             self.remote_cursor = max(self.remote_cursor, server_end)
-        self.session.append_marker([Uploaded(upto, server_end)])
+        self.session.append_marker([Uploaded(upto, server_end, at)])
+
+    def _folded(self, hashes: Iterable[bytes]) -> bytes:
+        """The server-order head after events of ``hashes`` (b"" while it is not known)."""
+        head = self.remote_head
+        if head:
+            for eh in hashes:
+                head = chain_head(head, eh)
+        return head
+
+    def check_attestation(self, seal: EventHeader) -> bool:
+        """Check a streamed attestation (a transaction of only a seal) against the server-order
+        head: its signatures verify under keys the chain holds, a signer may write at the
+        chain's root, and they cover exactly ``remote_head``. ``ForgedHistory`` otherwise: the
+        server's history differs from the one a writer signed. False when the head is not known
+        (a log from before it was kept): nothing could be checked."""
+        if not self.remote_head:
+            return False
+        index = self.session.index
+        view = ChainIndex(
+            chain_id=index.chain_id,
+            root_write=index.root_write,
+            public_keys=index.public_keys,
+            head=self.remote_head,
+        )
+        tx = Transaction((), seal)
+        try:
+            signers = self._signatures.signers(view, tx)
+            AuthorizationValidator([_Signers(signers)]).validate(view, tx)
+        except DomainError as exc:
+            raise ForgedHistory(
+                "the chain server served a history that differs from the one its writers"
+                f" signed (forged, reordered, dropped or forked): an attestation of the chain's"
+                f" head after position {self.remote_cursor} does not hold here: {exc}"
+            ) from None
+        return True
 
     def note_remote_position(self, position: int) -> None:
         self.remote_cursor = max(self.remote_cursor, position)
@@ -247,16 +308,20 @@ class ReplicaLog:
         checks what comes from the wire: well formed, no local seal, no replica bookkeeping,
         every signature valid for this chain."""
         if not records or not records[-1].commit or records[-1].data is not None:
-            raise ChainIntegrityError("the server streamed a transaction without its seal")
+            raise ForgedHistory(
+                "the chain server served a history that is forged: a transaction without its seal"
+            )
         try:
             headers = [_wire_header(r) for r in records]
         except DomainError as exc:
-            raise ChainIntegrityError(f"the server streamed a malformed event: {exc}") from None
+            raise ForgedHistory(
+                f"the chain server served a history that is forged: a malformed event: {exc}"
+            ) from None
         try:
             transaction_shape(headers[:-1], headers[-1], local=False)
         except DomainError as exc:
-            raise ChainIntegrityError(
-                f"the server streamed a forbidden transaction: {exc}"
+            raise ForgedHistory(
+                f"the chain server served a history that is forged: a forbidden transaction: {exc}"
             ) from None
         return headers
 
@@ -270,17 +335,22 @@ class ReplicaLog:
         try:
             signers = self._signatures.signers(index, whole)
         except DomainError as exc:
-            raise ChainIntegrityError(f"the server streamed a forged transaction: {exc}") from None
+            raise ForgedHistory(
+                "the chain server served a history that is forged (a transaction no writer"
+                f" signed; tampered, swapped or dropped events): {exc}"
+            ) from None
         skipped = self._skipped(index, headers[:-1])
-        seal_meta: list[Meta] = [*headers[-1].meta, Origin(end, sorted(skipped))]
+        head = self._folded(hd.hash for hd in headers[:-1])
+        seal_meta: list[Meta] = [*headers[-1].meta, Origin(end, sorted(skipped), head)]
         seal = EventHeader(
             meta=tuple(seal_meta), meta_bytes=b"", data_hash=EMPTY_HASH, fmt=headers[-1].fmt
         )
         try:
             AuthorizationValidator([_Signers(signers)]).validate(index, Transaction(events, seal))
         except DomainError as exc:
-            raise ChainIntegrityError(
-                f"the server streamed an unauthorised transaction: {exc}"
+            raise ForgedHistory(
+                "the chain server served a history that is forged: an unauthorised"
+                f" transaction: {exc}"
             ) from None
         return seal_meta
 
@@ -298,6 +368,8 @@ class ReplicaLog:
         ]
         tx = self.session.append_foreign(recs, seal_meta)
         self.remote_cursor = max(self.remote_cursor, end)
+        origin = next(m for m in seal_meta if isinstance(m, Origin))
+        self.remote_head = origin.head
         return tx
 
     def _skipped(self, index: ChainIndex, headers: Sequence[EventHeader]) -> set[int]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from application.filesystem import FileSystemService, decode_struct
 from application.locks import ReplicaSync
-from application.replica_log import ReplicaLog
+from application.replica_log import ForgedHistory, ReplicaLog
 from application.session import ChainIntegrityError, ChainSession
 from domain.chain import Located, TimestampValidator, Transaction, event_key
 from domain.errors import DomainError
@@ -127,6 +127,19 @@ class RemoteConnector(abc.ABC):
         chain); ``RemoteError`` when the server cannot be reached or refuses."""
 
 
+class RefusalRecord(abc.ABC):
+    """Port: a durable note, beside the replica's log, of what it refused from its chain server
+    (a forged or forked history, docs/adr/0016), which ``wasmer-dfs verify`` reports."""
+
+    @abc.abstractmethod
+    def record(self, reason: str) -> None:
+        """Append one refusal (durably)."""
+
+    @abc.abstractmethod
+    def entries(self) -> list[str]:
+        """Every refusal recorded, oldest first."""
+
+
 class KernelCache(abc.ABC):
     """Port: what the kernel cached of the mount, to forget after a remote change."""
 
@@ -158,6 +171,9 @@ class ReplicationState:
 class ReplicationService(ReplicaSync):
     BACKOFF = (0.2, 5.0)
     UPLOAD_BATCH_BYTES = 4 * 1024 * 1024
+    #: a writer attests the server-order head this long after its last confirmed upload, and
+    #: at most this often (docs/adr/0016)
+    ATTEST_SECONDS = 1.0
 
     def __init__(
         self,
@@ -169,8 +185,10 @@ class ReplicationService(ReplicaSync):
         *,
         on_synced: Callable[[], None] | None = None,
         clock_tolerance_ms: int | None = None,
+        refusals: RefusalRecord | None = None,
     ) -> None:
         """``on_synced`` runs once, after the first complete catch-up with the server.
+        ``refusals``: where a refused (forged or forked) history is recorded for ``verify``.
         ``clock_tolerance_ms``: a streamed transaction stamped further in the future than this
         (by the session's clock) is refused until its time comes (the --configured-for preset's
         tolerance, docs/adr/0014); None: not checked."""
@@ -187,9 +205,17 @@ class ReplicationService(ReplicaSync):
         self._changed = asyncio.Condition()
         self._wake_upload = asyncio.Event()
         self._ever_synced = asyncio.Event()
+        self._gave_up = asyncio.Event()  # a forged or forked history was refused (ADR 0016)
         self._connected = asyncio.Event()
         self._stopping = False
         self._in_flight: int | None = None
+        self._in_flight_hashes: tuple[bytes, ...] = ()
+        self.refusals = refusals
+        #: the newest server-order head known attested (by this replica or another writer)
+        self._attested_head = b""
+        #: when this replica's confirmed uploads moved the head it has not attested yet
+        self._attest_from: float | None = None
+        self._last_attest = float("-inf")
         replica.on_local = self.local_changed
         fs.replicated = True
         self._resynced: set[str] = set()
@@ -245,12 +271,18 @@ class ReplicationService(ReplicaSync):
         return self._ever_synced.is_set()
 
     async def wait_synced(self, timeout: float | None = None) -> bool:
-        """Wait for the first complete catch-up with the server (False on timeout)."""
+        """Wait for the first complete catch-up with the server (False on timeout, or when the
+        replica refused what the server served and stopped following it)."""
+        synced = asyncio.ensure_future(self._ever_synced.wait())
+        gave_up = asyncio.ensure_future(self._gave_up.wait())
         try:
-            await asyncio.wait_for(self._ever_synced.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+            await asyncio.wait(
+                (synced, gave_up), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (synced, gave_up):
+                task.cancel()
+        return self._ever_synced.is_set()
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -268,6 +300,12 @@ class ReplicationService(ReplicaSync):
                 self.state.last_error = str(exc)
                 if not self._stopping:  # (stopping closes the connection: no news)
                     log.warning("chain server: %s (retrying in %.1f s)", exc, backoff)
+            except ForgedHistory as exc:
+                # what a server forged or forked does not get better by asking again
+                self.state.last_error = str(exc)
+                self._refused(str(exc))
+                self._gave_up.set()
+                self._stopping = True  # (the finally below disconnects)
             except ChainIntegrityError as exc:
                 self.state.last_error = str(exc)
                 log.error(
@@ -285,6 +323,17 @@ class ReplicationService(ReplicaSync):
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.BACKOFF[1])
             self.state.stats.reconnects += 1
+
+    def _refused(self, reason: str) -> None:
+        log.error(
+            "refused what the chain server sent, and stopped following it (this mount goes on"
+            " with its local replica; `wasmer-dfs verify` reports it): %s", reason
+        )  # fmt: skip
+        if self.refusals is not None:
+            try:
+                self.refusals.record(reason)
+            except OSError as exc:
+                log.error("could not record the refusal beside the log: %s", exc)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -338,8 +387,9 @@ class ReplicationService(ReplicaSync):
             confirmed = await remote.commit(batch.records)
         except CommitRejected as exc:
             raise RemoteError(f"the server refused to create the chain: {exc.reason}") from None
-        self.replica.mark_uploaded(batch.upto, confirmed.end)
+        self.replica.mark_uploaded(batch.upto, confirmed.end, batch.hashes)
         self.state.stats.uploaded += 1
+        self._attest_from = self.session.clock.monotonic()
         log.info("created the chain on the server (%d events)", batch.events)
 
     # -- down ------------------------------------------------------------------------------------
@@ -380,13 +430,17 @@ class ReplicationService(ReplicaSync):
         headers = self.replica.validate_remote(records)
         self._check_clock(headers)
         if len(headers) == 1:
-            self.replica.note_remote_position(end)  # an attestation of another replica's head
+            # an attestation of a writer's server-order head: it must be this replica's too
+            if self.replica.check_attestation(headers[0]):
+                self._attested_head = self.replica.remote_head
+            self.replica.note_remote_position(end)
             await self._notify()
             return
         upto = self.replica.own_upload(headers[:-1])
         if upto is not None:
             # ours, committed by an earlier connection that did not see its confirmation
-            self.replica.mark_uploaded(upto, end)
+            self.replica.mark_uploaded(upto, end, [hd.hash for hd in headers[:-1]])
+            self._attest_from = self.session.clock.monotonic()
             await self._notify()
             return
         before = self._names(headers)
@@ -494,7 +548,14 @@ class ReplicationService(ReplicaSync):
             self._wake_upload.clear()
             batch = self.replica.next_upload(self.UPLOAD_BATCH_BYTES)
             if batch is None:
-                await self._wake_upload.wait()
+                delay = self._attest_delay()
+                if delay is None:
+                    await self._wake_upload.wait()
+                elif delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake_upload.wait(), delay)
+                else:
+                    await self._attest(remote)
                 continue
             if not batch.records:
                 self.replica.mark_uploaded(batch.upto, -1)
@@ -503,6 +564,7 @@ class ReplicationService(ReplicaSync):
             # the ML-DSA signature (~7 ms) runs off the loop, which goes on answering the kernel
             batch = await asyncio.to_thread(self.replica.sign, batch)
             self._in_flight = batch.upto
+            self._in_flight_hashes = batch.hashes
             try:
                 await remote.commit(batch.records)
             except CommitRejected as exc:
@@ -537,10 +599,43 @@ class ReplicationService(ReplicaSync):
                 while self.replica.uploaded_upto < batch.upto:
                     await self._changed.wait()
 
+    def _attest_delay(self) -> float | None:
+        """Seconds until this replica attests the server-order head (None: nothing to attest:
+        it cannot sign, its uploads did not move the head, or the head is attested already)."""
+        head = self.replica.remote_head
+        if (
+            self._attest_from is None
+            or not head
+            or head == self._attested_head
+            or not self.session.can_sign
+            or not self.state.synced
+        ):
+            return None
+        now = self.session.clock.monotonic()
+        due = max(self._attest_from, self._last_attest) + self.ATTEST_SECONDS
+        return max(0.0, due - now)
+
+    async def _attest(self, remote: RemoteChain) -> None:
+        """Sign the server-order head and commit it: every replica that follows the server
+        checks it against its own (docs/adr/0016). A refusal only means the head moved on (a
+        transaction of another writer came first): skipped."""
+        head = self.replica.remote_head
+        self._last_attest = self.session.clock.monotonic()
+        self._attest_from = None
+        records = await asyncio.to_thread(self.replica.attestation)
+        try:
+            await remote.commit(records)
+        except CommitRejected as exc:
+            log.debug("attestation of the head not taken (the head moved on): %s", exc.reason)
+            return
+        self._attested_head = head
+
     async def _confirmed(self, msg: Confirmed) -> None:
         upto, self._in_flight = self._in_flight, None
+        hashes, self._in_flight_hashes = self._in_flight_hashes, ()
         if upto is not None:
-            self.replica.mark_uploaded(upto, msg.end)
+            self.replica.mark_uploaded(upto, msg.end, hashes)
+            self._attest_from = self.session.clock.monotonic()
             self.state.stats.uploaded += 1
             if self._conflicts:  # conflicts end when this replica's change is in the chain
                 self._conflicts = {f: c for f, c in self._conflicts.items() if self.replica.busy(f)}

@@ -150,18 +150,23 @@ class Origin(msgspec.Struct, tag="Origin", frozen=True, array_like=True):
     """On the seal of a transaction a replica received from the chain server (docs/adr/0009):
     ``end`` is the server's log position after it; ``skipped`` the keys of objects this replica
     did not apply it to (its own unconfirmed change to them comes later in the server's order),
-    so that a replay repeats the decision."""
+    so that a replay repeats the decision. ``head``: the server-order head after it (the hash
+    chain over every event of the server's chain up to ``end``; empty: not known), which the
+    attestations the server streams later must match (docs/adr/0016)."""
 
     end: int
     skipped: list[int]
+    head: bytes = b""
 
 
 class Uploaded(msgspec.Struct, tag="Uploaded", frozen=True, array_like=True):
     """A replica's marker (an empty transaction): its local transactions up to log position
-    ``upto`` are in the server's chain, which then ended at ``server_end`` (-1: not known)."""
+    ``upto`` are in the server's chain, which then ended at ``server_end`` (-1: not known), with
+    the server-order head ``head`` there (empty: not known; docs/adr/0016)."""
 
     upto: int
     server_end: int
+    head: bytes = b""
 
 
 Meta = (

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from adapters.secure_channel import ClientWire
     from adapters.ws_server import WsChainServer
     from application.mount import Mounted
-    from application.replication import RecoveryMode
+    from application.replication import RecoveryMode, RefusalRecord
 
 
 class Container(containers.DeclarativeContainer):
@@ -82,11 +82,13 @@ def build_replica(
     mode: RecoveryMode,
     clock_tolerance_ms: int | None = None,
     wire: ClientWire | None = None,
+    refusals: RefusalRecord | None = None,
 ) -> Replicated:
     """A replicated mount's services: replication through the chain server at ``url`` (the
     websocket adapter; streamed events stamped more than ``clock_tolerance_ms`` ahead are
     refused), distributed locks through the same server, the kernel's caches. ``wire``: both
-    connections encrypted (docs/adr/0013), never plain."""
+    connections encrypted (docs/adr/0013), never plain. ``refusals``: where a forged or forked
+    history the replica refuses is recorded (``build_refusals``, docs/adr/0016)."""
     from adapters.fuse_runner import Replicated
     from adapters.remote import FuseKernelCache, WsConnector
     from adapters.ws_locks import WsLockCoordinator
@@ -97,8 +99,16 @@ def build_replica(
     session, fs = mounted.session, mounted.fs
     replication = ReplicationService(
         session, ReplicaLog(session), fs, WsConnector(url, wire=wire), mode,
-        clock_tolerance_ms=clock_tolerance_ms,
+        clock_tolerance_ms=clock_tolerance_ms, refusals=refusals,
     )  # fmt: skip
     coordinator = WsLockCoordinator(url, header=session.header.encode(), wire=wire)
     locks = LockService(coordinator, fs.inode_of, replication)
     return Replicated(replication, locks, FuseKernelCache(), coordinator.start)
+
+
+def build_refusals(log_dir: Path, chain: str) -> RefusalRecord:
+    """The record, beside the chain's log in ``log_dir``, of what the replica refused from its
+    chain server (docs/adr/0016)."""
+    from adapters.refusals import FileRefusalRecord
+
+    return FileRefusalRecord(FileRedoLogFactory(log_dir).path(chain).with_suffix(".refused"))

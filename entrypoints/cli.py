@@ -533,7 +533,10 @@ def mount(
 
         mode = Mode(recovery_mode.value)
         tolerance = preset_settings(mounted.preset).tolerance_ms
-        replicated = build_replica(mounted, remote, mode, tolerance, wire)
+        from entrypoints.bootstrap import build_refusals
+
+        refusals = build_refusals(logs_dir, LOCAL_CHAIN)
+        replicated = build_replica(mounted, remote, mode, tolerance, wire, refusals)
         # A new replica has no tree before its first catch-up with the server, and a new chain
         # exists only once the server holds it: both wait for that. Otherwise the mount waits a
         # moment (in async mode not at all), then mounts disconnected.
@@ -579,7 +582,7 @@ def verify(
     """Checks a redo log end to end (checksums, seals, signatures, every page, the file tree)
     without changing it; with --repair, salvages a damaged log first."""
     from application.fsck import verify as verify_chain
-    from entrypoints.bootstrap import bootstrap
+    from entrypoints.bootstrap import bootstrap, build_refusals
     from entrypoints.progress import ProgressBar
 
     logs_dir = log_path.expanduser().resolve()
@@ -600,7 +603,8 @@ def verify(
         except (SessionError, LogError) as exc:
             fail(f"verification failed: {exc}", 3)
         try:
-            report = verify_chain(mounted.fs, mounted.transactions, progress=bar)
+            refused = build_refusals(logs_dir, LOCAL_CHAIN).entries()
+            report = verify_chain(mounted.fs, mounted.transactions, progress=bar, refused=refused)
         finally:
             mounted.close()
     typer.echo(
