@@ -8,6 +8,7 @@ small writes becomes one page event) and flushed on fsync, close, a memory thres
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import stat
 from collections import OrderedDict
@@ -984,7 +985,13 @@ class FileSystemService:
         the log (a local seal costs microseconds), so a killed mount process loses nothing that
         was closed; the background group commit fsyncs it within milliseconds."""
         h = self._handle(fh)
-        self.flush_file(h.ino)
+        try:
+            self.flush_file(h.ino)
+        except FsError as exc:
+            # a full disk: a handle that did not write is not told (the data stays buffered
+            # for a later flush, and the handles that wrote it get ENOSPC)
+            if exc.errno != errno.ENOSPC or h.wrote:
+                raise
         if h.wrote:
             self.session.commit()
 
@@ -1005,6 +1012,9 @@ class FileSystemService:
         if h.ino in self.view.inodes:
             try:
                 self.flush_file(h.ino)  # on a full disk its pages stay dirty for a later flush
+            except FsError as exc:
+                if exc.errno != errno.ENOSPC or h.wrote:
+                    raise
             finally:
                 self._maybe_reap(h.ino)
         if h.wrote:
@@ -1022,8 +1032,10 @@ class FileSystemService:
         now = self.clock.monotonic()
         waiting = [t for t in (self._dirty_since, self.session.pending_since) if t is not None]
         if waiting and now - min(waiting) >= idle_seconds:
-            self.flush_all()
-            self.session.commit()
+            try:
+                self.flush_all()
+            finally:  # on a full disk, what was written out is sealed all the same
+                self.session.commit()
         if self.session.has_pending or not self.session.unattested:
             return False
         if now - self._attested_at < self.ATTEST_SECONDS:
@@ -1034,9 +1046,25 @@ class FileSystemService:
         return True
 
     def close(self) -> None:
-        """Write out everything, sign the head, fsync (unmount)."""
-        self.flush_all()
-        self.session.attest()
+        """Write out everything, sign the head, fsync (unmount). On a full disk what fits is
+        written and made durable, the head stays unsigned (its local seals keep it valid; the
+        next mount signs it), and ``FsError(ENOSPC)`` says how much buffered data was lost."""
+        try:
+            self.flush_all()
+        except FsError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            lost = self._dirty_bytes
+            with _unless_disk_full():
+                self.session.commit()
+            self.session.log.sync()
+            raise FsError(
+                errno.ENOSPC,
+                f"the disk under the log is full: about {lost} bytes of buffered writes (never"
+                " fsync'd) could not be saved",
+            ) from None
+        with _unless_disk_full():
+            self.session.attest()
         self.session.log.sync()
 
     # -- directories ---------------------------------------------------------------------------
@@ -1147,6 +1175,16 @@ class FileSystemService:
     def inode_of(self, fh: int) -> int:
         """The inode an open file handle refers to (the object key, the same on every mount)."""
         return self._handle(fh).ino
+
+
+@contextlib.contextmanager
+def _unless_disk_full() -> Iterator[None]:
+    """Go on when the block meets a full disk (its failed append was cut by the log)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
 
 
 def _replace(data: InodeData, **changes: object) -> InodeData:

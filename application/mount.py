@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +24,8 @@ from domain.formats import Format
 from domain.fs.model import DEFAULT_PAGE_SIZE
 from domain.fs.view import FsView
 from domain.presets import Preset, PresetError, choose, settings
+
+_log = logging.getLogger("wasmer_dfs.mount")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +86,16 @@ class Mounted:
         """Write out everything, save a checkpoint, and close the log (idempotent)."""
         try:
             if not self.session.log_closed and not self.read_only:
-                self.fs.close()
+                self.fs.close()  # FsError(ENOSPC): buffered data lost to a full disk
                 if self.compactor is not None and self.save_checkpoint:
-                    self.compactor.save_checkpoint()
+                    try:
+                        self.compactor.save_checkpoint()
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                            raise
+                        # only an optimisation: the next open reads the log after the
+                        # previous checkpoint (still right for its position)
+                        _log.warning("no checkpoint saved: %s", exc)
         finally:
             self.session.close()
 

@@ -24,7 +24,7 @@ from application.session import Formats, SessionError
 from domain.compaction import CompactMode as CompactPolicyMode
 from domain.compaction import CompactPolicy
 from domain.formats import Format
-from domain.fs.model import IdMap
+from domain.fs.model import FsError, IdMap
 from domain.presets import Preset, PresetError, choose
 from domain.presets import settings as preset_settings
 
@@ -543,6 +543,7 @@ def mount(
         new = ROOT_INO not in mounted.fs.view.inodes or mounted.created
         replicated.wait_first_sync = new or mode is not Mode.ASYNC
         replicated.first_sync_timeout = None if new else FIRST_SYNC_WAIT
+    unsaved: str | None = None  # buffered writes a full disk kept from being saved at unmount
     try:
         run(
             mounted.fs,
@@ -566,9 +567,14 @@ def mount(
     except RuntimeError as exc:
         fail(f"cannot mount at {mnt}: {exc}", 4)
     finally:
-        mounted.close()
+        try:
+            mounted.close()
+        except FsError as exc:
+            unsaved = str(exc)
         if temp:
             mounts.logs.remove(LOCAL_CHAIN)
+    if unsaved is not None:
+        fail(f"unmounted {mnt}, but {unsaved}", 6)
     typer.echo(f"wasmer-dfs: unmounted {mnt}", err=True)
 
 

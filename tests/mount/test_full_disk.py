@@ -131,3 +131,43 @@ def test_a_full_disk_refuses_writes_keeps_what_was_synced_and_recovers(
 
     r = mounter.cli("verify", str(logdir), env={"WASMER_DFS_PASSCODE": mp.passcode or ""})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_unmounting_on_a_full_disk_keeps_what_was_synced_and_says_what_was_not(
+    small_tmpfs: Tmpfs, mounter: Mounter, tmp_path: Path
+) -> None:
+    """An unmount while the disk is full, with buffered writes that cannot be saved and no room
+    for a signature or a checkpoint, ends the process with an error that says so (exit 6, no
+    traceback); a remount has every fsync'd file and ``verify`` passes."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    logdir = small_tmpfs.path / "log"
+    mp = mounter.mount(mnt, logdir)
+    synced = {f"s-{i}": os.urandom(40_000 + i) for i in range(5)}
+    for name, data in synced.items():
+        write_synced(mnt / name, data)
+    small_tmpfs.fill("filler", leave=4 * MiB)
+    fd = os.open(mnt / "pending", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"p" * MiB)  # buffered by the mount: there is room for it now
+        small_tmpfs.fill("filler-2", leave=0)  # then not a byte left
+    finally:
+        with pytest.raises(OSError) as closing:
+            os.close(fd)  # close writes it out: it cannot
+    assert closing.value.errno == errno.ENOSPC
+    assert (mnt / "pending").read_bytes() == b"p" * MiB  # kept, in memory
+    rc = mp.unmount()
+    assert rc == 6, mp.stderr()
+    assert "Traceback" not in mp.stderr(), mp.stderr()
+    assert "the disk under the log is full" in mp.stderr()
+    assert "could not be saved" in mp.stderr()
+    assert not mp.is_mounted()
+    (small_tmpfs.path / "filler").unlink()
+    (small_tmpfs.path / "filler-2").unlink()
+    mp = mounter.mount(mnt, logdir)
+    for name, data in synced.items():
+        assert (mnt / name).read_bytes() == data
+    write_synced(mnt / "after", b"a" * 100_000)
+    assert mp.unmount() == 0, mp.stderr()
+    r = mounter.cli("verify", str(logdir), env={"WASMER_DFS_PASSCODE": mp.passcode or ""})
+    assert r.returncode == 0, r.stdout + r.stderr

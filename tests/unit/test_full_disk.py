@@ -97,3 +97,19 @@ def test_deleting_may_use_the_reserve(rig: Rig) -> None:
     enospc(rig.fs.unlink, ROOT_INO, b"b")
     assert rig.fs.view.lookup(ROOT_INO, b"b") is not None
     rig.logs.space.free = None
+
+
+def test_only_the_writer_hears_of_it_and_close_reports_what_was_lost(rig: Rig) -> None:
+    fh, attr = rig.fs.create(ROOT_INO, b"f", 0o644, 1000, 1000)
+    rig.fs.write(fh, 0, b"w" * PAGE)
+    reader = rig.fs.open(attr.ino)
+    full(rig)
+    rig.fs.flush(reader)  # a handle that did not write: its close(2) succeeds
+    assert rig.fs.read(reader, 0, PAGE) == b"w" * PAGE
+    rig.fs.release(reader)
+    enospc(rig.fs.flush, fh)
+    rig.logs.space.free = 0  # not even room for the head's signature
+    err = enospc(rig.fs.close)  # the unmount: says what could not be saved
+    assert "could not be saved" in str(err)
+    rig.logs.space.free = None
+    rig.fs.release(fh)
