@@ -624,11 +624,16 @@ class ReplicationService(ReplicaSync):
         self._attest_from = None
         records = await asyncio.to_thread(self.replica.attestation)
         try:
-            await remote.commit(records)
+            confirmed = await remote.commit(records)
         except CommitRejected as exc:
             log.debug("attestation of the head not taken (the head moved on): %s", exc.reason)
             return
         self._attested_head = head
+        # its Confirmed also comes down the stream: the next upload may only go in flight once
+        # the stream has passed it, or that Confirmed would be taken for the upload's
+        async with self._changed:
+            while self.replica.remote_cursor < confirmed.end:
+                await self._changed.wait()
 
     async def _confirmed(self, msg: Confirmed) -> None:
         upto, self._in_flight = self._in_flight, None
