@@ -1,4 +1,4 @@
-"""Tools of the lock tests (tests/unit/test_fuse_locks.py, tests/mount/test_locks_two_mounts.py):
+"""Tools of the lock tests (tests/kernel/test_fuse_locks.py, tests/mount/test_locks_two_mounts.py):
 
 * run as a script, a *lock shell*: a process that takes lock commands on stdin and answers each
   with one line on stdout, i.e. a lock owner (a POSIX lock owner is a process) that a test

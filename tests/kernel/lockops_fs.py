@@ -1,8 +1,8 @@
 """A tiny in-memory FUSE file system whose locks are served by the real lock stack: the
 ``LockOps`` mixin (adapters/fuse_locks.py) over ``LockService`` (application/locks.py), for
-tests/unit/test_fuse_locks.py. Run as a script, it mounts and serves until unmounted:
+tests/kernel/test_fuse_locks.py. Run as a script, it mounts and serves until unmounted:
 
-    python -m tests.unit.lockops_fs MOUNTPOINT LOGFILE [--server URL --header HEX]
+    python -m tests.kernel.lockops_fs MOUNTPOINT LOGFILE [--server URL --header HEX]
 
 (from the repository's root; URL is ws://HOST:PORT/db/NAME of a chain server).
 
@@ -10,7 +10,7 @@ Without ``--server`` the locks are the mount's own (``MemoryLockHub``: a local-o
 with it they go through the chain server (``WsLockCoordinator``), so two such mounts of one
 chain share their locks (their data is not shared: each mount has its own in-memory files).
 
-The root holds ``file`` and ``other`` (BaseFS of tests/unit/pyfuse3_lockfs.py); LOGFILE gets
+The root holds ``file`` and ``other`` (BaseFS of tests/kernel/pyfuse3_lockfs.py); LOGFILE gets
 one JSON line per lock handler call (phase "wait" once a request is past the mirror, result
 "ok" / errno name / "cancelled"), which the tests use to know that a request is waiting.
 """
@@ -33,7 +33,7 @@ from adapters.clock import SystemClock
 from adapters.fuse_locks import LockOps
 from adapters.ws_locks import WsLockCoordinator
 from application.locks import LockCoordinator, LockService, MemoryLockHub
-from tests.unit.pyfuse3_lockfs import BaseFS
+from tests.kernel.pyfuse3_lockfs import BaseFS
 
 
 class LockOpsFS(LockOps, BaseFS):

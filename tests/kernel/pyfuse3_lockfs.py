@@ -1,5 +1,5 @@
 """A tiny in-memory FUSE file system on the *patched* pyfuse3 (docs/adr/0006), for
-tests/unit/test_pyfuse3_patch.py. Run as a script, it mounts and serves until unmounted:
+tests/kernel/test_pyfuse3_patch.py. Run as a script, it mounts and serves until unmounted:
 
     python pyfuse3_lockfs.py MOUNTPOINT LOGFILE [--locks] [--plain]
 

@@ -1,4 +1,4 @@
-"""The production lock handlers through the kernel: tests/unit/lockops_fs.py (a tiny in-memory
+"""The production lock handlers through the kernel: tests/kernel/lockops_fs.py (a tiny in-memory
 file system with the ``LockOps`` mixin over ``LockService``) mounted in a subprocess and driven
 by lock shells (tests/locktools.py: one process = one POSIX lock owner) with real system calls.
 
@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from tests.helperfs import HelperFs, helper_mounts
+from tests.kernel.test_pyfuse3_patch import SKIP_REASON
 from tests.locktools import Shell, ThreadServer, shells, wait_until
-from tests.unit.test_pyfuse3_patch import SKIP_REASON
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def lockfs(tmp_path: Path) -> Iterator[Callable[..., LockFS]]:
         tmp_path,
         LockFS,
         "lockops_fs",
-        lambda root, log: [sys.executable, "-m", "tests.unit.lockops_fs", str(root), str(log)],
+        lambda root, log: [sys.executable, "-m", "tests.kernel.lockops_fs", str(root), str(log)],
         cwd=REPO,
     )
 

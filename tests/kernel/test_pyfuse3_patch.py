@@ -1,5 +1,5 @@
 """The wasmer-dfs pyfuse3 patch (docs/adr/0006), tested through the kernel: each test mounts
-tests/unit/pyfuse3_lockfs.py (a tiny in-memory file system on the patched pyfuse3, run on
+tests/kernel/pyfuse3_lockfs.py (a tiny in-memory file system on the patched pyfuse3, run on
 asyncio in a subprocess), drives it with real system calls, and reads back the JSON log in
 which the file system records every call of a handler the patch adds.
 
@@ -62,7 +62,7 @@ def _why_skip() -> str | None:
 
 SKIP_REASON = _why_skip()
 if SKIP_REASON is not None:
-    message = f"tests/unit/test_pyfuse3_patch.py is SKIPPED: {SKIP_REASON}"
+    message = f"tests/kernel/test_pyfuse3_patch.py is SKIPPED: {SKIP_REASON}"
     print(f"\n!!! {message}\n", file=sys.stderr)
     warnings.warn(message, stacklevel=1)
 
