@@ -1,10 +1,14 @@
-"""Clocks: the system clock and a settable fake for tests."""
+"""Clocks: the system clock. The twin ``FakeClock`` lives in adapters/memory/clock.py and is
+re-exported here for the many tests that import it from here (docs/adr/0017-ports-and-twins.md)."""
 
 from __future__ import annotations
 
 import time
 
+from adapters.memory.clock import FakeClock
 from application.ports import Clock
+
+__all__ = ["FakeClock", "SystemClock"]
 
 
 class SystemClock(Clock):
@@ -16,24 +20,3 @@ class SystemClock(Clock):
 
     def monotonic(self) -> float:
         return time.monotonic()
-
-
-class FakeClock(Clock):
-    """A clock that moves only when told to."""
-
-    def __init__(self, start_ns: int = 1_700_000_000_000_000_000) -> None:
-        self._ns = start_ns
-        self._mono = 0.0
-
-    def advance(self, seconds: float) -> None:
-        self._ns += int(seconds * 1e9)
-        self._mono += seconds
-
-    def now_ms(self) -> int:
-        return self._ns // 1_000_000
-
-    def now_ns(self) -> int:
-        return self._ns
-
-    def monotonic(self) -> float:
-        return self._mono

@@ -1,4 +1,5 @@
-"""Name resolution: the system's resolver, a small DNS client of our own and an in-memory fake.
+"""Name resolution: the system's resolver and a small DNS client of our own (the in-memory twin,
+``MemoryResolver``, is in adapters/memory/names.py).
 
 ``DnsResolver`` asks one DNS server (``--dns-server``) for the A and AAAA records of a name over
 UDP (RFC 1035), falls back to TCP when the answer is truncated, follows CNAME chains and reads
@@ -19,7 +20,7 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from application.ports import ResolveError, Resolver
@@ -133,22 +134,6 @@ class SystemResolver(NameResolver):
         if not found:
             raise ResolveError(f"{host!r} has no IPv4 or IPv6 address")
         return list(dict.fromkeys(found))
-
-
-# --- the in-memory fake --------------------------------------------------------------------------
-class MemoryResolver(NameResolver):
-    """Names from a dict (name -> addresses); records every name it was asked for."""
-
-    def __init__(self, names: Mapping[str, Sequence[str]] | None = None) -> None:
-        self.names = {host_name(k): list(v) for k, v in (names or {}).items()}
-        self.queries: list[str] = []
-
-    def resolve_name(self, name: str, host: str, port: int) -> list[tuple[str, int]]:
-        self.queries.append(name)
-        addresses = self.names.get(name)
-        if not addresses:
-            raise ResolveError(f"{host!r} does not exist")
-        return [(a, port) for a in addresses]
 
 
 # --- the DNS wire format -------------------------------------------------------------------------

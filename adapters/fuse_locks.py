@@ -29,7 +29,8 @@ from typing import Any
 
 import pyfuse3
 
-from application.locks import Holder, LockRefused, LockService
+from application.locks import LockService
+from application.ports import Holder, LockRefused
 from domain.fs.model import FsError
 from domain.locks import EOF, Kind
 

@@ -25,8 +25,8 @@ from application.checkpoint import check_prefix
 from application.compaction import Compactor
 from application.filesystem import FileSystemService
 from application.locks import LockService
-from application.ports import LogError
-from application.replication import KernelCache, ReplicationService
+from application.ports import KernelCache, LogError
+from application.replication import ReplicationService
 from domain.compaction import live_estimate, worth_compacting
 
 log = logging.getLogger("wasmer_dfs.fuse")

@@ -9,7 +9,7 @@ import os
 import pathlib
 import time
 
-from application.replication import RefusalRecord
+from application.ports import RefusalRecord
 
 
 class FileRefusalRecord(RefusalRecord):

@@ -17,7 +17,7 @@ from adapters.ws_client import (
     ServerKeyChanged,
     WireEncryptionRefused,
 )
-from application.replication import (
+from application.ports import (
     CommitRejected,
     KernelCache,
     RemoteChain,

@@ -34,13 +34,13 @@ from collections.abc import Callable
 
 from adapters.secure_channel import ClientWire
 from adapters.ws_client import ChainClient, ChainClientError
-from application.locks import (
+from application.locks import outcome
+from application.ports import (
     Acquire,
     Holder,
     LockCoordinator,
     LockUnavailable,
     PendingLock,
-    outcome,
 )
 from domain.locks import Kind
 from domain.wire import (

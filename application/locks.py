@@ -6,9 +6,12 @@
 and asks a ``LockCoordinator`` (port) for every change:
 
 * ``WsLockCoordinator`` (adapters/ws_locks.py): the chain server, which decides between mounts;
-* ``MemoryLockHub.coordinator()``: in process, the same lock logic as the server's
-  (``application.lock_server.ChainLocks``). A local-only mount uses one; tests use one hub
-  with several coordinators as several mounts.
+* ``MemoryLockHub.coordinator()`` (adapters/memory/locks.py, the twin): in process, the same
+  lock logic as the server's (``application.lock_server.ChainLocks``); tests use one hub with
+  several coordinators as several mounts.
+
+The ports (``LockCoordinator``, ``PendingLock``, ``HeldLocks``, ``ReplicaSync``) and the requests
+and errors they speak in live in ``application/ports/locks.py`` (docs/adr/0017).
 
 The mirror answers at once what needs no round trip: a non-blocking request that conflicts
 with another owner of this mount, F_GETLK against a local holder (with its pid), an unlock of
@@ -32,172 +35,38 @@ holder wrote (what SQLite relies on).
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
-import errno
-import itertools
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
-from application.lock_server import ChainLocks, LockConfig, LockSession
-from application.ports import Clock
+from application.ports import (
+    Acquire,
+    HeldLocks,
+    Holder,
+    LockConflict,
+    LockCoordinator,
+    LockDeadlock,
+    LockRefused,
+    LockUnavailable,
+    PendingLock,
+    ReplicaSync,
+)
 from domain.locks import EOF, Kind, LockTable, gaps
 from domain.wire import (
-    Lock,
-    LockCancel,
     LockResult,
     LockSpan,
     LockStatus,
-    LockSync,
-    LockTest,
-    Unlock,
 )
 
 log = logging.getLogger("wasmer_dfs.locks")
-
-
-# --- errors ---------------------------------------------------------------------------------------
-class LockRefused(Exception):
-    """A lock request that failed; ``errno`` is what the caller gets."""
-
-    errno = errno.ENOLCK
-
-
-class LockConflict(LockRefused):
-    """Another owner holds a conflicting lock (EAGAIN = EWOULDBLOCK)."""
-
-    errno = errno.EAGAIN
-
-    def __init__(self, holder: Holder | None = None) -> None:
-        super().__init__("a conflicting lock is held")
-        self.holder = holder
-
-
-class LockDeadlock(LockRefused):
-    """Waiting would deadlock (EDEADLK)."""
-
-    errno = errno.EDEADLK
-
-
-class LockUnavailable(LockRefused):
-    """The lock service cannot take the request (ENOLCK): too many waiters, no server."""
-
-    errno = errno.ENOLCK
-
-
-# --- ports ----------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Acquire:
-    """Set ``owner``'s lock on ``[start, end)`` of object ``key`` to ``kind`` (READ or WRITE)."""
-
-    key: int
-    owner: int
-    kind: Kind
-    start: int = 0
-    end: int = EOF
-    flock: bool = False
-    wait: bool = False
-    #: when this downgrades a write lock: the position covering the holder's writes
-    position: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Holder:
-    """A conflicting lock, as F_GETLK reports it (pid 0: held on another mount)."""
-
-    kind: Kind
-    start: int
-    end: int
-    pid: int = 0
-
-
-class PendingLock(abc.ABC):
-    """A request sent to the coordinator."""
-
-    @abc.abstractmethod
-    async def result(self) -> int:
-        """The grant's coherence position; ``LockConflict`` / ``LockDeadlock`` /
-        ``LockUnavailable`` when refused. Cancelling this wait does not withdraw the request:
-        call ``withdraw``."""
-
-    @abc.abstractmethod
-    async def withdraw(self) -> int | None:
-        """Withdraw the request: None when it was withdrawn (or refused), the grant's position
-        when it had been granted first (the caller then undoes the grant)."""
-
-
-class HeldLocks(abc.ABC):
-    """What a coordinator asks of the mount's lock service after a reconnect."""
-
-    @abc.abstractmethod
-    def held_locks(self) -> list[LockSpan]:
-        """Every lock this mount's owners hold (to reclaim)."""
-
-    @abc.abstractmethod
-    def locks_lost(self, lost: list[LockSpan]) -> None:
-        """These locks could not be kept (lease expired, or taken by another client)."""
-
-    @abc.abstractmethod
-    async def release_position(self) -> int:
-        """A position covering every write of this mount so far (``flush_confirmed``): for the
-        releases a reconnect's ``LockSync`` makes of locks released while offline."""
-
-
-class LockCoordinator(abc.ABC):
-    """Port: who decides between mounts. ``acquire`` and ``release`` take effect in the order
-    they are called (they must not reorder: an unlock followed by a lock of another owner of
-    this mount must reach the server in that order)."""
-
-    state: HeldLocks | None = None
-
-    def bind(self, state: HeldLocks) -> None:
-        self.state = state
-
-    @abc.abstractmethod
-    def acquire(self, req: Acquire) -> PendingLock: ...
-
-    @abc.abstractmethod
-    def release(
-        self, key: int, owner: int, flock: bool, start: int, end: int, position: int
-    ) -> None:
-        """Release ``owner``'s locks on ``[start, end)`` (no answer). ``position``: see
-        ``ReplicaSync.flush_confirmed``."""
-
-    @abc.abstractmethod
-    async def test(
-        self, key: int, owner: int, flock: bool, kind: Kind, start: int, end: int
-    ) -> Holder | None:
-        """F_GETLK: a lock of another owner that conflicts, or None."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Release every lock of this mount and stop."""
-
-
-class ReplicaSync(abc.ABC):
-    """Port, implemented by the replication layer: coherence of data under locks."""
-
-    @abc.abstractmethod
-    async def flush_confirmed(self) -> int:
-        """Write out, seal and upload every local change made so far, wait until the server
-        confirmed it, and return a server log position at or after the end of every confirmed
-        transaction of this mount (0 when it never wrote). While the server is unreachable it
-        waits (raise only when the mount is going away): if it raises, the release goes on
-        without the position and another mount may read older data (an error is logged)."""
-
-    @abc.abstractmethod
-    async def wait_applied(self, position: int) -> None:
-        """Return once this replica has applied the server's log up to ``position`` (and
-        invalidated what the kernel cached of the objects it changed)."""
 
 
 def outcome(msg: LockResult) -> int:
     """The grant position of an answer to ``Lock``; raises what a refusal means."""
     if msg.status is LockStatus.GRANTED:
         return msg.position
-    holder = _holder(msg.holder) if msg.holder is not None else None
+    holder = span_holder(msg.holder) if msg.holder is not None else None
     if msg.status is LockStatus.CONFLICT:
         raise LockConflict(holder)
     if msg.status is LockStatus.DEADLOCK:
@@ -207,7 +76,8 @@ def outcome(msg: LockResult) -> int:
     raise LockUnavailable(msg.reason or "the lock server refused the request")
 
 
-def _holder(span: LockSpan) -> Holder:
+def span_holder(span: LockSpan) -> Holder:
+    """The ``Holder`` of a conflicting lock another mount holds (pid 0)."""
     return Holder(Kind(span.kind), span.start, span.end, 0)
 
 
@@ -527,126 +397,3 @@ class LockService(HeldLocks):
             await fut
             return True
         return False
-
-
-# --- in process -----------------------------------------------------------------------------------
-class MemoryLockHub:
-    """The server's lock logic in process: a local-only mount's coordinator, and a fake of the
-    chain server for tests (several coordinators = several mounts)."""
-
-    def __init__(
-        self,
-        clock: Clock,
-        config: LockConfig | None = None,
-        *,
-        grace_until: float = float("-inf"),
-        durable_end: Callable[[], int | None] = lambda: None,
-    ) -> None:
-        self.clock = clock
-        self.locks = ChainLocks(
-            self.clock, config or LockConfig(), grace_until=grace_until, durable_end=durable_end
-        )
-
-    def coordinator(self, client_id: bytes | None = None) -> MemoryCoordinator:
-        return MemoryCoordinator(self, client_id)
-
-    def tick(self) -> None:
-        self.locks.tick()
-
-
-class _MemoryPending(PendingLock):
-    def __init__(self, owner: MemoryCoordinator, req: int) -> None:
-        self._owner = owner
-        self.req = req
-        self.future: asyncio.Future[LockResult] = asyncio.get_running_loop().create_future()
-
-    async def result(self) -> int:
-        return outcome(await asyncio.shield(self.future))
-
-    async def withdraw(self) -> int | None:
-        if not self.future.done():
-            self._owner.cancel(self.req)
-        if not self.future.done():
-            return None
-        msg = self.future.result()
-        return msg.position if msg.status is LockStatus.GRANTED else None
-
-
-class MemoryCoordinator(LockCoordinator):
-    def __init__(self, hub: MemoryLockHub, client_id: bytes | None) -> None:
-        self.hub = hub
-        self.client_id = client_id
-        self._reqs = itertools.count(1)
-        self._pending: dict[int, _MemoryPending] = {}
-        self.session: LockSession = hub.locks.attach(client_id, self._answer, self._expired)
-        self.expired: str | None = None
-
-    def _answer(self, msg: LockResult) -> None:
-        p = self._pending.pop(msg.req, None)
-        if p is not None and not p.future.done():
-            p.future.set_result(msg)
-
-    def _expired(self, reason: str) -> None:
-        self.expired = reason
-
-    def acquire(self, req: Acquire) -> PendingLock:
-        p = _MemoryPending(self, next(self._reqs))
-        self._pending[p.req] = p
-        answer = self.hub.locks.handle(
-            self.session,
-            Lock(
-                p.req, req.key, req.owner, int(req.kind), req.start, req.end, req.flock, req.wait,
-                req.position,
-            ),
-        )  # fmt: skip
-        if answer is not None:
-            self._answer(answer)
-        return p
-
-    def cancel(self, req: int) -> None:
-        answer = self.hub.locks.handle(self.session, LockCancel(req))
-        if answer is not None:
-            self._answer(answer)
-
-    def release(
-        self, key: int, owner: int, flock: bool, start: int, end: int, position: int
-    ) -> None:
-        self.hub.locks.handle(self.session, Unlock(key, owner, start, end, flock, position))
-
-    async def test(
-        self, key: int, owner: int, flock: bool, kind: Kind, start: int, end: int
-    ) -> Holder | None:
-        p = _MemoryPending(self, next(self._reqs))
-        self._pending[p.req] = p
-        answer = self.hub.locks.handle(
-            self.session, LockTest(p.req, key, owner, int(kind), start, end, flock)
-        )
-        if answer is not None:
-            self._answer(answer)
-        msg = await p.future
-        if msg.status is LockStatus.CONFLICT and msg.holder is not None:
-            return _holder(msg.holder)
-        return None
-
-    def disconnect(self) -> None:
-        """The mount vanished (tests): its lease now runs out unless it ``reconnect``s."""
-        self.hub.locks.detach(self.session, self._answer)
-        for p in self._pending.values():
-            if not p.future.done():
-                p.future.set_result(LockResult(p.req, LockStatus.REFUSED, reason="disconnected"))
-        self._pending.clear()
-
-    def reconnect(self, *, reclaim: bool = True) -> list[LockSpan]:
-        """Attach again and sync what the mount holds; the locks lost."""
-        self.session = self.hub.locks.attach(self.client_id, self._answer, self._expired)
-        held = self.state.held_locks() if self.state is not None else []
-        answer = self.hub.locks.handle(self.session, LockSync(next(self._reqs), held, 0, reclaim))
-        assert answer is not None
-        lost = [held[i] for i in answer.lost]
-        if lost and self.state is not None:
-            self.state.locks_lost(lost)
-        return lost
-
-    async def close(self) -> None:
-        self.hub.locks.handle(self.session, LockSync(next(self._reqs), [], 0, False))
-        self.hub.locks.detach(self.session, self._answer)

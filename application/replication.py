@@ -20,7 +20,6 @@ may still do (``RecoveryMode``).
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import enum
@@ -31,7 +30,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from application.filesystem import FileSystemService, decode_struct
-from application.locks import ReplicaSync
+from application.ports import (
+    CommitRejected,
+    KernelCache,
+    RefusalRecord,
+    RemoteChain,
+    RemoteConnector,
+    RemoteError,
+    ReplicaSync,
+)
 from application.replica_log import ForgedHistory, ReplicaLog
 from application.session import ChainIntegrityError, ChainSession
 from domain.chain import Located, TimestampValidator, Transaction, event_key
@@ -40,13 +47,11 @@ from domain.events import Chunk, EventHeader, Parent, Tombstone, Type
 from domain.fs.model import TYPE_DENTRY, TYPE_INODE, TYPE_PAGE, FsError, InodeData
 from domain.wire import (
     DISK_FULL_REASON,
-    CommitRecord,
     Confirmed,
     EndOfHistory,
     Events,
     Fatal,
     ReadOnly,
-    ServerMessage,
     WireRecord,
 )
 
@@ -78,74 +83,8 @@ class RecoveryMode(enum.StrEnum):
         return errno.ENOTCONN if self is RecoveryMode.SYNC else errno.EROFS
 
 
-# --- ports ------------------------------------------------------------------------------------
-class RemoteError(Exception):
-    """The connection to the chain server failed or ended (the message says why)."""
-
-
-class RemoteRefused(RemoteError):
-    """The server answered, and refused (a wrong chain name, no common protocol version...)."""
-
-
-class CommitRejected(RemoteError):
-    """The server refused a transaction (``reason`` says why)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class RemoteChain(abc.ABC):
-    """Port: one connection to a chain on a chain server."""
-
-    @property
-    @abc.abstractmethod
-    def header(self) -> bytes | None:
-        """The chain's header body as the server holds it (None: the chain does not exist)."""
-
-    @abc.abstractmethod
-    async def subscribe(self, from_position: int) -> None: ...
-
-    @abc.abstractmethod
-    async def next(self) -> ServerMessage:
-        """The next message of the stream; ``RemoteError`` when the connection ended."""
-
-    @abc.abstractmethod
-    async def commit(self, records: Sequence[CommitRecord]) -> Confirmed:
-        """Commit one transaction and wait for the server's fsync; ``CommitRejected``."""
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
-
-
-class RemoteConnector(abc.ABC):
-    """Port: opens connections to the chain server of one chain URL."""
-
-    @abc.abstractmethod
-    async def connect(self, header: bytes | None) -> RemoteChain:
-        """Connect and say hello (``header``: the chain's header body, to create or check the
-        chain); ``RemoteError`` when the server cannot be reached or refuses."""
-
-
-class RefusalRecord(abc.ABC):
-    """Port: a durable note, beside the replica's log, of what it refused from its chain server
-    (a forged or forked history, docs/adr/0016), which ``wasmer-dfs verify`` reports."""
-
-    @abc.abstractmethod
-    def record(self, reason: str) -> None:
-        """Append one refusal (durably)."""
-
-    @abc.abstractmethod
-    def entries(self) -> list[str]:
-        """Every refusal recorded, oldest first."""
-
-
-class KernelCache(abc.ABC):
-    """Port: what the kernel cached of the mount, to forget after a remote change."""
-
-    @abc.abstractmethod
-    async def invalidate(self, inodes: set[int], entries: set[tuple[int, bytes]]) -> None:
-        """Forget the attributes and data of ``inodes`` and the names ``(directory, name)``."""
+# --- ports: RemoteChain, RemoteConnector, KernelCache, RefusalRecord and their errors are in
+# application/ports/remote.py (docs/adr/0017)
 
 
 # --- the service ------------------------------------------------------------------------------

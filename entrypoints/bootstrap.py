@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from adapters.secure_channel import ClientWire
     from adapters.ws_server import WsChainServer
     from application.mount import Mounted
-    from application.replication import RecoveryMode, RefusalRecord
+    from application.ports import RefusalRecord
+    from application.replication import RecoveryMode
 
 
 class Container(containers.DeclarativeContainer):

@@ -308,7 +308,7 @@ def _check_wire(url: str, wire: ClientWire) -> None:
     import asyncio
 
     from adapters.remote import fetch_header
-    from application.replication import RemoteError, RemoteRefused
+    from application.ports import RemoteError, RemoteRefused
 
     try:
         asyncio.run(fetch_header(url, wire=wire))
@@ -325,7 +325,7 @@ def _server_header(url: str, wire: ClientWire | None = None) -> bytes | None:
     import asyncio
 
     from adapters.remote import fetch_header
-    from application.replication import RemoteError, RemoteRefused
+    from application.ports import RemoteError, RemoteRefused
 
     delay = 0.2
     while True:

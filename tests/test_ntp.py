@@ -1,136 +1,22 @@
-"""The clock port: its contract run against every clock, and the SNTP client against a tiny SNTP
-server on 127.0.0.1 whose clock runs ahead or behind by a chosen offset (no internet needed)."""
+"""The SNTP client against a tiny SNTP server on 127.0.0.1 whose clock runs ahead or behind by a
+chosen offset (no internet needed). The ``Clock`` contract, run against every clock, is in
+tests/contract/test_clock_contract.py."""
 
 from __future__ import annotations
 
 import logging
-import selectors
-import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from adapters.clock import FakeClock, SystemClock
-from adapters.dns import MemoryResolver
+from adapters.memory import MemoryResolver
 from adapters.ntp import ClockSyncError, NtpClock, from_ntp, make_clock, to_ntp
-from application.ports import Clock, Resolver
+from application.ports import Resolver
 from tests.fakes import closed_udp_port
-
-NS = 1_000_000_000
-MS = 1_000_000
-HOUR = 3600 * NS
-YEAR = 365 * 86400 * NS
-NTP_UNIX_DELTA = 2_208_988_800
-
-
-def ntp_timestamp(unix_ns: int) -> int:
-    """Written out again here rather than imported, so that a mistake is not made twice."""
-    seconds, rest = divmod(unix_ns, NS)
-    return (((seconds + NTP_UNIX_DELTA) & 0xFFFF_FFFF) << 32) | ((rest << 32) // NS)
-
-
-class SntpServer:
-    """An SNTP server on 127.0.0.1 whose clock is the system's plus ``offset_ns``.
-
-    ``mode``: "answer", "silent", "kiss" (stratum 0, "RATE"), "alarm" (leap indicator 3),
-    "stratum16", "client-mode", "version2", "no-time" (transmit timestamp 0), "backwards"
-    (transmit before receive). ``noise``: None, "short" (a 20-byte datagram) or "wrong-origin"
-    (the answer to another request), sent before the answer. ``hold`` seconds pass between
-    receiving a request and stamping it (a slow path from client to server)."""
-
-    def __init__(self, offset_ns: int = 0, mode: str = "answer") -> None:
-        self.offset_ns = offset_ns
-        self.mode = mode
-        self.noise: str | None = None
-        self.hold = 0.0
-        self.requests: list[bytes] = []
-        self._received = threading.Condition()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._thread = threading.Thread(target=self._run, name="test-sntp", daemon=True)
-
-    def __enter__(self) -> SntpServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._wake_w.send(b"x")
-        self._thread.join(5)
-        assert not self._thread.is_alive()
-        for sock in (self.sock, self._wake_r, self._wake_w):
-            sock.close()
-
-    def _run(self) -> None:
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.sock, selectors.EVENT_READ)
-            sel.register(self._wake_r, selectors.EVENT_READ)
-            while not self._stop.is_set():
-                for key, _ in sel.select(1.0):
-                    if key.fileobj is self.sock:
-                        data, peer = self.sock.recvfrom(1024)
-                        for reply in self.handle(data):
-                            self.sock.sendto(reply, peer)
-
-    def wait_for(self, n: int) -> int:
-        """The number of requests received once there are ``n`` (or after 5 s)."""
-        with self._received:
-            self._received.wait_for(lambda: len(self.requests) >= n, timeout=5)
-            return len(self.requests)
-
-    def handle(self, request: bytes) -> list[bytes]:
-        """The datagrams to send back for one request."""
-        time.sleep(self.hold)
-        received = time.time_ns() + self.offset_ns
-        with self._received:
-            self.requests.append(request)
-            self._received.notify_all()
-        (origin,) = struct.unpack_from("!Q", request, 40)
-        reply = self.answer(origin, received)
-        noise = {
-            "short": [b"\x24" + bytes(19)],
-            "wrong-origin": [self.answer(origin ^ 1, received)],
-        }.get(self.noise or "", [])
-        return noise + ([] if self.mode == "silent" else [reply])
-
-    def answer(self, origin: int, received: int) -> bytes:
-        leap, version, mode, stratum, ref = 0, 4, 4, 2, b"TEST"
-        if self.mode == "kiss":
-            stratum, ref = 0, b"RATE"
-        elif self.mode == "alarm":
-            leap = 3
-        elif self.mode == "stratum16":
-            stratum = 16
-        elif self.mode == "client-mode":
-            mode = 3
-        elif self.mode == "version2":
-            version = 2
-        transmitted = time.time_ns() + self.offset_ns
-        receive, transmit = ntp_timestamp(received), ntp_timestamp(transmitted)
-        if self.mode == "no-time":
-            transmit = 0
-        elif self.mode == "backwards":
-            receive, transmit = transmit + (1 << 32), receive
-        return struct.pack(
-            "!BBbbII4sQQQQ",
-            (leap << 6) | (version << 3) | mode,
-            stratum,
-            6,
-            -20,
-            0,
-            0,
-            ref,
-            receive,
-            origin,
-            receive,
-            transmit,
-        )
+from tests.sntp_server import HOUR, MS, NS, NTP_UNIX_DELTA, YEAR, SntpServer, ntp_timestamp
 
 
 @pytest.fixture
@@ -158,93 +44,6 @@ def assert_reads(clock: NtpClock, true_offset_ns: int) -> None:
     now = clock.now_ns()
     after = time.time_ns()
     assert before + true_offset_ns - within(clock) <= now <= after + true_offset_ns + within(clock)
-
-
-# --- the contract ------------------------------------------------------------------------------
-class ClockContract:
-    """Subclasses provide ``clock``; ``reference_ns`` (what it should read now, within
-    ``tolerance_ns``); and ``wait`` (let time pass on it)."""
-
-    @pytest.fixture
-    def clock(self) -> Clock:
-        raise NotImplementedError
-
-    def reference_ns(self) -> int:
-        raise NotImplementedError
-
-    def tolerance_ns(self, clock: Clock) -> int:
-        return 0
-
-    def wait(self, clock: Clock, seconds: float) -> None:
-        time.sleep(seconds)
-
-    def test_it_reads_the_expected_time(self, clock: Clock) -> None:
-        low = self.reference_ns()
-        now = clock.now_ns()
-        high = self.reference_ns()
-        assert isinstance(now, int)
-        assert low - self.tolerance_ns(clock) <= now <= high + self.tolerance_ns(clock)
-
-    def test_now_ms_is_now_ns_in_milliseconds(self, clock: Clock) -> None:
-        ns, ms, ns_after = clock.now_ns(), clock.now_ms(), clock.now_ns()
-        assert isinstance(ms, int)
-        assert ns // MS <= ms <= ns_after // MS
-
-    def test_wall_time_and_monotonic_time_pass_together(self, clock: Clock) -> None:
-        m0 = clock.monotonic()
-        w0 = clock.now_ns()
-        m1 = clock.monotonic()
-        self.wait(clock, 0.03)
-        m2 = clock.monotonic()
-        w1 = clock.now_ns()
-        m3 = clock.monotonic()
-        assert isinstance(m0, float)
-        assert m2 - m1 >= 0.029
-        assert (m2 - m1) * NS - MS <= w1 - w0 <= (m3 - m0) * NS + MS
-
-    def test_monotonic_never_goes_back(self, clock: Clock) -> None:
-        readings = [clock.monotonic() for _ in range(2000)]
-        assert readings == sorted(readings)
-
-
-class TestSystemClock(ClockContract):
-    @pytest.fixture
-    def clock(self) -> SystemClock:
-        return SystemClock()
-
-    def reference_ns(self) -> int:
-        return time.time_ns()
-
-
-class TestFakeClock(ClockContract):
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock(start_ns=1_750_000_000_123_456_789)
-
-    def reference_ns(self) -> int:
-        return 1_750_000_000_123_456_789
-
-    def wait(self, clock: Clock, seconds: float) -> None:
-        assert isinstance(clock, FakeClock)
-        clock.advance(seconds)
-
-
-class TestNtpClock(ClockContract):
-    offset_ns = 2 * HOUR + 345 * MS
-
-    @pytest.fixture
-    def clock(self) -> Iterator[NtpClock]:
-        with SntpServer(self.offset_ns) as srv:
-            clock = NtpClock("127.0.0.1", srv.port)
-            clock.sync()
-            yield clock
-
-    def reference_ns(self) -> int:
-        return time.time_ns() + self.offset_ns
-
-    def tolerance_ns(self, clock: Clock) -> int:
-        assert isinstance(clock, NtpClock)
-        return within(clock)
 
 
 # --- the SNTP client -----------------------------------------------------------------------------

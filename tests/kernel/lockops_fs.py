@@ -31,8 +31,10 @@ import pyfuse3.asyncio
 
 from adapters.clock import SystemClock
 from adapters.fuse_locks import LockOps
+from adapters.memory import MemoryLockHub
 from adapters.ws_locks import WsLockCoordinator
-from application.locks import LockCoordinator, LockService, MemoryLockHub
+from application.locks import LockService
+from application.ports import LockCoordinator
 from tests.kernel.pyfuse3_lockfs import BaseFS
 
 

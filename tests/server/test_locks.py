@@ -21,7 +21,8 @@ from adapters.ws_locks import WsLockCoordinator
 from adapters.ws_server import WsChainServer
 from application.chain_server import ChainServer, ServerConfig
 from application.lock_server import LockConfig
-from application.locks import LockConflict, LockService
+from application.locks import LockService
+from application.ports import LockConflict
 from domain.locks import EOF, Kind
 from domain.wire import (
     Lock,

@@ -24,15 +24,9 @@ from adapters.remote import WsConnector, fetch_header
 from adapters.ws_server import WsChainServer
 from application.filesystem import FileSystemService
 from application.mount import Mounted, MountRequest, MountService
-from application.ports import Clock
+from application.ports import Clock, RemoteChain, RemoteConnector, RemoteError
 from application.replica_log import ReplicaLog
-from application.replication import (
-    RecoveryMode,
-    RemoteChain,
-    RemoteConnector,
-    RemoteError,
-    ReplicationService,
-)
+from application.replication import RecoveryMode, ReplicationService
 from application.session import Formats
 from domain.fs.model import ROOT_INO
 from domain.wire import CommitRecord, Confirmed, ServerMessage

@@ -18,7 +18,7 @@ from adapters.ws_client import (
     WireEncryptionRefused,
 )
 from adapters.ws_server import WsChainServer
-from application.replication import RemoteRefused
+from application.ports import RemoteRefused
 from domain.wire import EndOfHistory, Events, Hello, Subscribe, encode
 
 from .conftest import Clients, LocalChain, Servers, create_chain

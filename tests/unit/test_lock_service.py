@@ -14,16 +14,10 @@ from collections.abc import Callable
 import pytest
 
 from adapters.clock import FakeClock
+from adapters.memory import MemoryCoordinator, MemoryLockHub
 from application.lock_server import LockConfig
-from application.locks import (
-    Holder,
-    LockConflict,
-    LockDeadlock,
-    LockService,
-    MemoryCoordinator,
-    MemoryLockHub,
-    ReplicaSync,
-)
+from application.locks import LockService
+from application.ports import Holder, LockConflict, LockDeadlock, ReplicaSync
 from domain.locks import EOF, Kind
 from domain.wire import LockSpan, Unlock
 

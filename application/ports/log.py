@@ -1,5 +1,8 @@
-"""Ports: the only doors from the application to the world. Adapters implement them; fakes for
-tests subclass them too (never ``Mock``)."""
+"""Port of the redo log (docs/adr/0003-redo-log-format.md): ``RedoLog``, the factory that opens
+and creates one per chain, ``DamagedLog`` for repair, their records and their errors.
+
+Adapters: ``adapters.redolog.FileRedoLogFactory``; twin: ``MemoryRedoLogFactory`` (see
+docs/adr/0017-ports-and-twins.md). Contract: tests/contract/test_redolog_contract.py."""
 
 from __future__ import annotations
 
@@ -10,17 +13,16 @@ from dataclasses import dataclass
 import msgspec
 
 
-# --- redo log ----------------------------------------------------------------------------------
 class LogError(Exception):
     """Base of the errors a redo log raises; the message is meant for a human."""
 
 
 class LogNotFound(LogError):
-    pass
+    """The chain has no log (``RedoLogFactory.open``, ``read_header``)."""
 
 
 class LogExists(LogError):
-    pass
+    """The chain has a log already (``RedoLogFactory.create``)."""
 
 
 class LogCorrupt(LogError):
@@ -92,11 +94,13 @@ class RedoLog(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def header(self) -> bytes: ...
+    def header(self) -> bytes:
+        """The header body given to ``create`` (opaque to the log), unchanged."""
 
     @property
     @abc.abstractmethod
-    def open_report(self) -> OpenReport: ...
+    def open_report(self) -> OpenReport:
+        """What opening found (bytes cut from a torn tail); all zero for a new log."""
 
     @abc.abstractmethod
     def scan(self, start: int | None = None, end: int | None = None) -> Iterator[ScannedRecord]:
@@ -110,7 +114,9 @@ class RedoLog(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def read_only(self) -> bool: ...
+    def read_only(self) -> bool:
+        """True when opened read-only: then ``append`` raises ``LogError`` and nothing on disk
+        changes."""
 
     @property
     @abc.abstractmethod
@@ -146,14 +152,17 @@ class RedoLog(abc.ABC):
         raise LogError("this log cannot abandon an unfinished transaction")
 
     @abc.abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the log (and the writer's lock); records appended but not synced may be
+        lost. Nothing may be called after it."""
 
 
 class RedoLogFactory(abc.ABC):
     """Opens and creates the logs of chains (one log per chain name)."""
 
     @abc.abstractmethod
-    def exists(self, chain: str) -> bool: ...
+    def exists(self, chain: str) -> bool:
+        """Whether the chain has a log (opening it may still fail, e.g. a damaged header)."""
 
     @abc.abstractmethod
     def create(self, chain: str, header: bytes) -> RedoLog:
@@ -222,10 +231,12 @@ class DamagedLog(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def header(self) -> bytes: ...
+    def header(self) -> bytes:
+        """The header body (the header itself must be intact to open a damaged log)."""
 
     @abc.abstractmethod
-    def size(self) -> int: ...
+    def size(self) -> int:
+        """Bytes in the log, header included."""
 
     @abc.abstractmethod
     def records(self) -> Iterator[ScannedRecord | DamagedSpan]:
@@ -241,75 +252,5 @@ class DamagedLog(abc.ABC):
         """As ``RedoLog.read_data``: ``LogCorrupt`` when the data does not match its hash."""
 
     @abc.abstractmethod
-    def close(self) -> None: ...
-
-
-# --- crypto ------------------------------------------------------------------------------------
-class CryptoError(Exception):
-    """Decryption or authentication failed."""
-
-
-@dataclass(frozen=True, slots=True)
-class KdfParams:
-    salt: bytes
-    iterations: int
-    memory_kib: int
-    lanes: int
-
-
-class Crypto(abc.ABC):
-    """Quantum-resistant primitives: AES-256-GCM, ML-DSA-65 signatures, Argon2id, randomness."""
-
-    @abc.abstractmethod
-    def random(self, n: int) -> bytes: ...
-
-    @abc.abstractmethod
-    def derive_key(self, passcode: bytes, params: KdfParams) -> bytes: ...
-
-    @abc.abstractmethod
-    def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        """nonce || ciphertext || tag, with a fresh random nonce."""
-
-    @abc.abstractmethod
-    def open(self, key: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes:
-        """Inverse of ``seal``; raises ``CryptoError`` when anything was altered."""
-
-    @abc.abstractmethod
-    def sign_keypair(self) -> tuple[bytes, bytes]:
-        """(public, secret) of a new signing key."""
-
-    @abc.abstractmethod
-    def sign(self, secret: bytes, message: bytes) -> bytes: ...
-
-    @abc.abstractmethod
-    def verify(self, public: bytes, message: bytes, signature: bytes) -> bool: ...
-
-
-# --- clock -------------------------------------------------------------------------------------
-class Clock(abc.ABC):
-    @abc.abstractmethod
-    def now_ms(self) -> int:
-        """Wall-clock milliseconds since the epoch (for event timestamps and file times)."""
-
-    @abc.abstractmethod
-    def now_ns(self) -> int:
-        """Wall-clock nanoseconds since the epoch (for file times)."""
-
-    @abc.abstractmethod
-    def monotonic(self) -> float:
-        """Seconds on a clock that never goes back (for timers)."""
-
-
-# --- name resolution ---------------------------------------------------------------------------
-class ResolveError(Exception):
-    """A host name could not be turned into addresses; the message is meant for a human."""
-
-
-class Resolver(abc.ABC):
-    """Turns a host name into the addresses to connect to. Blocking: call it off the event loop
-    (``asyncio.to_thread``). IP literals and ``localhost`` resolve without asking anyone."""
-
-    @abc.abstractmethod
-    def resolve(self, host: str, port: int) -> list[tuple[str, int]]:
-        """``(address, port)`` pairs in the order to try them, never empty; raises
-        ``ResolveError`` when the name does not exist, has no address or cannot be looked up."""
+    def close(self) -> None:
+        """Release the log and the writer's lock it held."""

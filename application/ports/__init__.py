@@ -1,0 +1,104 @@
+"""Ports: the only doors from the application to the world (docs/adr/0017-ports-and-twins.md).
+
+Every port is an ABC in this package, one module per concern; every method's docstring states
+its promise, which tests/contract/ checks against every adapter and twin of the port:
+
+* ``log``: ``RedoLog``, ``RedoLogFactory``, ``DamagedLog``, their records and errors;
+* ``crypto``: ``Crypto`` (AES-256-GCM, ML-DSA-65, Argon2id, randomness) and ``KdfParams``;
+* ``time``: ``Clock``;
+* ``names``: ``Resolver``;
+* ``locks``: ``LockCoordinator``, ``PendingLock``, ``HeldLocks``, ``ReplicaSync``;
+* ``remote``: ``RemoteConnector``, ``RemoteChain``, ``KernelCache``, ``RefusalRecord``.
+
+Adapters implement them; twins and test fakes subclass them too (never ``Mock``). Import from
+here (``from application.ports import Clock``) or from the module."""
+
+from __future__ import annotations
+
+from application.ports.crypto import (
+    Crypto,
+    CryptoError,
+    KdfParams,
+)
+from application.ports.locks import (
+    Acquire,
+    HeldLocks,
+    Holder,
+    LockConflict,
+    LockCoordinator,
+    LockDeadlock,
+    LockRefused,
+    LockUnavailable,
+    PendingLock,
+    ReplicaSync,
+)
+from application.ports.log import (
+    DamagedLog,
+    DamagedSpan,
+    DataRef,
+    LogCorrupt,
+    LogError,
+    LogExists,
+    LogHeaderError,
+    LogNotFound,
+    LogRecord,
+    OpenReport,
+    RedoLog,
+    RedoLogFactory,
+    ScannedRecord,
+)
+from application.ports.names import (
+    ResolveError,
+    Resolver,
+)
+from application.ports.remote import (
+    CommitRejected,
+    KernelCache,
+    RefusalRecord,
+    RemoteChain,
+    RemoteConnector,
+    RemoteError,
+    RemoteRefused,
+)
+from application.ports.time import (
+    Clock,
+)
+
+__all__ = [
+    "Acquire",
+    "Clock",
+    "CommitRejected",
+    "Crypto",
+    "CryptoError",
+    "DamagedLog",
+    "DamagedSpan",
+    "DataRef",
+    "HeldLocks",
+    "Holder",
+    "KdfParams",
+    "KernelCache",
+    "LockConflict",
+    "LockCoordinator",
+    "LockDeadlock",
+    "LockRefused",
+    "LockUnavailable",
+    "LogCorrupt",
+    "LogError",
+    "LogExists",
+    "LogHeaderError",
+    "LogNotFound",
+    "LogRecord",
+    "OpenReport",
+    "PendingLock",
+    "RedoLog",
+    "RedoLogFactory",
+    "RefusalRecord",
+    "RemoteChain",
+    "RemoteConnector",
+    "RemoteError",
+    "RemoteRefused",
+    "ReplicaSync",
+    "ResolveError",
+    "Resolver",
+    "ScannedRecord",
+]
