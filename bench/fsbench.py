@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import getpass
 import json
 import os
-import platform
 import random
 import re
 import shlex
@@ -34,8 +32,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
+
+from bench.common import (
+    MachineInfo,
+    free_port,
+    machine_info,
+    on_sigterm,
+    read_status_kib,
+    reset_peak_rss,
+)
 
 MIB = 1024 * 1024
 BLOCK_SIZE = MIB
@@ -485,28 +491,6 @@ def wait_pid_gone(pid: int, timeout: float) -> bool:
     return False
 
 
-def read_status_kib(pid: int, key: str) -> int | None:
-    """A ``kB`` field (``VmHWM``, ``VmRSS``) of /proc/PID/status."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def reset_peak_rss(pid: int) -> bool:
-    """Reset VmHWM to the current RSS (``echo 5 > /proc/PID/clear_refs``, Linux >= 4.0)."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
 def _which(tool: str) -> str | None:
     found = shutil.which(tool)
     if found:
@@ -648,12 +632,6 @@ def _remove_tree(path: Path, notes: Callable[[str], None] | None = None) -> None
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -688,7 +666,7 @@ def _tool_version(argv: Sequence[str], pattern: str = "") -> str:
 
 
 @dataclass(frozen=True)
-class Mounted:
+class MountedTarget:
     path: Path
     """Directory the workloads run in."""
     pid: int | None = None
@@ -707,7 +685,9 @@ class Target(Protocol):
 
     def version(self) -> str: ...
 
-    def mount(self, workdir: Path, notes: Notes) -> contextlib.AbstractContextManager[Mounted]: ...
+    def mount(
+        self, workdir: Path, notes: Notes
+    ) -> contextlib.AbstractContextManager[MountedTarget]: ...
 
 
 def _missing(*tools: str) -> str | None:
@@ -729,11 +709,11 @@ class PlainTarget:
         return "directory on the work disk"
 
     @contextlib.contextmanager
-    def mount(self, workdir: Path, notes: Notes) -> Iterator[Mounted]:
+    def mount(self, workdir: Path, notes: Notes) -> Iterator[MountedTarget]:
         root = workdir / "plain"
         root.mkdir(parents=True)
         try:
-            yield Mounted(root)
+            yield MountedTarget(root)
         finally:
             _remove_tree(root, notes)
 
@@ -748,7 +728,7 @@ class GocryptfsTarget:
         return _tool_version(["gocryptfs", "-version"], "gocryptfs")
 
     @contextlib.contextmanager
-    def mount(self, workdir: Path, notes: Notes) -> Iterator[Mounted]:
+    def mount(self, workdir: Path, notes: Notes) -> Iterator[MountedTarget]:
         base = workdir / "gocryptfs"
         cipher, mnt, passfile = base / "cipher", base / "mnt", base / "passfile"
         try:
@@ -759,7 +739,7 @@ class GocryptfsTarget:
             _run_checked([*init, str(cipher)], "gocryptfs -init", timeout=60)
             argv = ["gocryptfs", "-fg", "-passfile", str(passfile), str(cipher), str(mnt)]
             with fuse_daemon(argv, mnt, base / "daemon.log", notes=notes) as daemon:
-                yield Mounted(mnt, daemon.pid)
+                yield MountedTarget(mnt, daemon.pid)
         finally:
             _remove_tree(base, notes)
 
@@ -774,7 +754,7 @@ class CryfsTarget:
         return _tool_version(["cryfs", "--version"], "cryfs")
 
     @contextlib.contextmanager
-    def mount(self, workdir: Path, notes: Notes) -> Iterator[Mounted]:
+    def mount(self, workdir: Path, notes: Notes) -> Iterator[MountedTarget]:
         base = workdir / "cryfs"
         basedir, mnt, state = base / "basedir", base / "mnt", base / "state"
         env = {
@@ -793,7 +773,7 @@ class CryfsTarget:
             # Non-interactive frontend: the password is read once from stdin, the
             # cipher (xchacha20-poly1305) and block size (16 KiB) are the defaults.
             with fuse_daemon(argv, mnt, log, env=env, stdin=PASSWORD + "\n", notes=notes) as dm:
-                yield Mounted(mnt, dm.pid)
+                yield MountedTarget(mnt, dm.pid)
         finally:
             _remove_tree(base, notes)
 
@@ -828,7 +808,7 @@ class SshfsTarget:
         return _tool_version(["sshfs", "--version"], "sshfs version")
 
     @contextlib.contextmanager
-    def mount(self, workdir: Path, notes: Notes) -> Iterator[Mounted]:
+    def mount(self, workdir: Path, notes: Notes) -> Iterator[MountedTarget]:
         base = workdir / "sshfs"
         sshdir, remote, mnt = base / "ssh", base / "remote", base / "mnt"
         sshd: subprocess.Popen[bytes] | None = None
@@ -843,7 +823,7 @@ class SshfsTarget:
             authorized.write_text(client_key.with_suffix(".pub").read_text())
             authorized.chmod(0o600)
             sftp = "/usr/lib/openssh/sftp-server"
-            port = _free_port()
+            port = free_port()
             config = sshdir / "sshd_config"
             config.write_text(
                 SSHD_CONFIG.format(
@@ -884,7 +864,7 @@ class SshfsTarget:
                 ssh_opts,
             ]
             with fuse_daemon(argv, mnt, base / "sshfs.log", notes=notes) as daemon:
-                yield Mounted(mnt, daemon.pid)
+                yield MountedTarget(mnt, daemon.pid)
         finally:
             try:
                 if sshd is not None:
@@ -924,7 +904,7 @@ class WasmerDfsTarget:
         return _tool_version([*argv, "--version"]) if argv else ""
 
     @contextlib.contextmanager
-    def mount(self, workdir: Path, notes: Notes) -> Iterator[Mounted]:
+    def mount(self, workdir: Path, notes: Notes) -> Iterator[MountedTarget]:
         base = workdir / "wasmer-dfs"
         mnt, logdir = base / "mnt", base / "log"
         argv = self._resolved()
@@ -936,7 +916,7 @@ class WasmerDfsTarget:
             logdir.mkdir()
             cmd = [*argv, "mount", str(mnt), str(logdir)]
             with fuse_daemon(cmd, mnt, base / "daemon.log", env=env, notes=notes) as daemon:
-                yield Mounted(mnt, daemon.pid)
+                yield MountedTarget(mnt, daemon.pid)
         finally:
             _remove_tree(base, notes)
 
@@ -1040,48 +1020,6 @@ def fmt_ratio(value: float | None) -> str:
 
 def _fmt_mib(kib: int | None) -> str:
     return "n/a" if kib is None else f"{kib / 1024:.1f}"
-
-
-@dataclass(frozen=True)
-class MachineInfo:
-    nproc: int
-    memory_gib: float
-    kernel: str
-    date: str
-    cpu: str
-    python: str
-
-    def line(self) -> str:
-        return (
-            f"machine: nproc={self.nproc}, memory={self.memory_gib:.1f} GiB, "
-            f"kernel={self.kernel}, cpu={self.cpu or '?'}, date={self.date}"
-        )
-
-
-def machine_info() -> MachineInfo:
-    mem_kib = 0
-    cpu = ""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        nproc = os.cpu_count() or 1
-    return MachineInfo(
-        nproc=nproc,
-        memory_gib=mem_kib / 1024 / 1024,
-        kernel=platform.release(),
-        date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        cpu=cpu,
-        python=platform.python_version(),
-    )
 
 
 def render_table(
@@ -1311,7 +1249,7 @@ def run_targets(
     settle. A target that fails is reported and left out of the remaining steps."""
     results = [TargetResult(t.name) for t in targets]
     steps = len(workloads) * repeat
-    live: list[tuple[Target, TargetResult, Mounted]] = []
+    live: list[tuple[Target, TargetResult, MountedTarget]] = []
     done: dict[str, int] = {}
 
     def fail(result: TargetResult, exc: BaseException) -> None:
@@ -1448,14 +1386,6 @@ def _positive(value: int | None, default: int, quick: int, is_quick: bool) -> in
     return quick if is_quick else default
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an exception so that every mount is torn down."""
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1477,7 +1407,7 @@ def main(argv: list[str] | None = None) -> int:
 
     previous_handler: Any = None
     with contextlib.suppress(ValueError):  # not in the main thread
-        previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
 
     machine = machine_info()
     results: list[TargetResult] = []

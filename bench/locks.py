@@ -22,11 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as _dt
 import json
 import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +36,7 @@ from adapters.ws_client import ChainClient
 from adapters.ws_locks import WsLockCoordinator
 from application.locks import LockService
 from application.session import HEADER_VERSION, ChainHeader
+from bench.common import free_port, machine_dict, terminate
 from domain.locks import EOF, Kind
 from domain.wire import Lock, LockStatus, Unlock
 
@@ -87,12 +85,6 @@ def serve(port: int, data_dir: str) -> None:
     asyncio.run(main())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def server_process(data_dir: str) -> Any:
     port = free_port()
@@ -108,12 +100,7 @@ def server_process(data_dir: str) -> Any:
             raise SystemExit(f"the server did not start: {line!r}")
         yield f"ws://127.0.0.1:{port}/db/bench", proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc, timeout=15)
 
 
 # --- figures --------------------------------------------------------------------------------------
@@ -220,15 +207,6 @@ async def contended(url: str, hdr: bytes, clients: int, rounds: int) -> dict[str
         return {"acquire": summary(times), "grants_per_s": len(times) / elapsed}
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-
-
 def row(name: str, s: dict[str, float]) -> str:
     return f"{name:<44} {s['p50']:8.3f} {s['p95']:8.3f} {s['p99']:8.3f}   n={s['n']}"
 
@@ -236,7 +214,7 @@ def row(name: str, s: dict[str, float]) -> str:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     hdr = header()
     with tempfile.TemporaryDirectory(prefix="lockbench-") as tmp, server_process(tmp) as (url, _):
-        out: dict[str, Any] = {"machine": machine(), "rounds": args.rounds}
+        out: dict[str, Any] = {"machine": machine_dict(), "rounds": args.rounds}
         out["uncontended_protocol"] = await uncontended_protocol(url, hdr, args.rounds)
         out["uncontended_stack"] = await uncontended_stack(url, hdr, args.rounds)
         out["handoff"] = await handoff(url, hdr, args.rounds)

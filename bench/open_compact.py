@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -31,16 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import machine_dict, read_status_kib
+
 MiB = 1 << 20
 PASSCODE = b"bench passcode"
 
 
 def _peak_rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
+    return read_status_kib(os.getpid(), "VmHWM") or 0
 
 
 def _service(logdir: Path) -> Any:
@@ -201,11 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="open-compact-", dir=args.workdir))
     results: dict[str, Any] = {
-        "machine": {
-            "nproc": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-        },
+        "machine": machine_dict(),
         "config": {k: v for k, v in vars(args).items() if not k.startswith("measure")},
     }
     try:

@@ -54,10 +54,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from bench.fsbench import machine_info, read_status_kib, reset_peak_rss
+from bench.common import free_port, machine_dict, on_sigterm, read_status_kib, reset_peak_rss
 
 MIB = 1024 * 1024
 PASSCODE = "replbench-pass"
@@ -88,12 +87,6 @@ def wasmer_dfs_exe() -> str:
     if found is None:
         raise BenchError("the wasmer-dfs console script is not installed")
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fuse_mounts_under(root: Path) -> list[str]:
@@ -791,14 +784,6 @@ def render(res: dict[str, Any]) -> str:
 
 
 # --- main ---------------------------------------------------------------------------------------
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an exception so that every mount is torn down."""
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.replication", description=__doc__.split("\n")[0]
@@ -843,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="replbench-", dir=args.workdir)).resolve()
     previous: Any = None
     with contextlib.suppress(ValueError):
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
     res: dict[str, Any] = {"schema": "wasmer-dfs-replbench/1", "propagation": {}}
     runs: dict[str, dict[str, Any]] = {
         wire_label(w): {"propagation": {m: [] for m in modes}, "initial_sync": []} for w in wires
@@ -899,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(wires) > 1 or args.rounds > 1:
         res["wire"] = runs
         res["wire_comparison"] = compare_wires(runs, modes)
-    res["machine"] = vars(machine_info())
+    res["machine"] = machine_dict()
     res["rss_reset_ok"] = all(
         part["rss"]["reset_after_mount"] for part in res["propagation"].values()
     )

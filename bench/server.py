@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as _dt
 import json
 import os
-import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +40,7 @@ from typing import Any
 from adapters.crypto import PqCrypto
 from adapters.ws_client import ChainClient
 from application.session import HEADER_VERSION, ChainHeader
+from bench.common import free_port, machine_dict, read_status_kib, terminate
 from domain.events import DataKey, Meta, PublicKey, Signature, Timestamp, Type, make_header
 from domain.formats import Format
 from domain.hashing import key_hash
@@ -107,12 +105,6 @@ def now_ms() -> int:
 
 
 # --- the server process --------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def server_process(data_dir: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as err:
@@ -130,23 +122,15 @@ def server_process(data_dir: Path, port: int, log: Path) -> Iterator[subprocess.
                 raise RuntimeError(f"the server did not start:\n{log.read_text()}")
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate(proc, timeout=30)
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of a process, in MiB."""
-    fields: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields["VmRSS"], fields["VmHWM"]
+    rss, hwm = read_status_kib(pid, "VmRSS"), read_status_kib(pid, "VmHWM")
+    if rss is None or hwm is None:
+        raise RuntimeError(f"no VmRSS/VmHWM in /proc/{pid}/status (has the server exited?)")
+    return rss / 1024, hwm / 1024
 
 
 def pct(samples: list[float], p: float) -> float:
@@ -313,22 +297,6 @@ async def run(args: argparse.Namespace, proc: subprocess.Popen[bytes], port: int
     return res
 
 
-def machine() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "kernel": platform.release(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.server", description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=None, help="subscribers (default 100)")
@@ -354,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             res["shutdown_exit_code"] = proc.wait(timeout=60)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    res["machine"] = machine()
+    res["machine"] = machine_dict()
     res["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     text = json.dumps(res, indent=2)
     print(text)

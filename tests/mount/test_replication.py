@@ -29,16 +29,11 @@ from pathlib import Path
 import pytest
 
 from tests.mount.conftest import MOUNT_TIMEOUT, Mounter, MountProc, wasmer_dfs_exe
+from tests.net import free_port
 
 pytestmark = [pytest.mark.timeout(300)]
 
 SYNC_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerProc:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from adapters.ws_client import ChainClient, CommitFailed
 from domain.wire import DISK_FULL_REASON, CommitRecord
+from tests.net import free_port
 
 from .conftest import LocalChain, Servers, create_chain
 
@@ -31,12 +31,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_serve(data_dir: Path, port: int, stderr: Path) -> subprocess.Popen[bytes]:

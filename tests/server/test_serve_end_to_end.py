@@ -8,7 +8,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from application.wire_tx import header_of, split_transactions
 from domain.events import LocalSeal
 from domain.fs.model import ROOT_INO
 from tests.fakes import FAST_KDF, FastCrypto
+from tests.net import free_port
 
 from .conftest import Clients, LocalChain, Servers, create_chain
 
@@ -135,12 +135,6 @@ async def test_the_grep_would_find_an_unencrypted_chain(servers: Servers, client
 
 
 # --- the process ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "entrypoints.serve", "--listen", f"127.0.0.1:{port}",

@@ -421,12 +421,12 @@ class _DirTarget:
         return "1"
 
     @contextlib.contextmanager
-    def mount(self, workdir: Path, notes: fb.Notes) -> Iterator[fb.Mounted]:
+    def mount(self, workdir: Path, notes: fb.Notes) -> Iterator[fb.MountedTarget]:
         path = workdir / self.name
         path.mkdir()
         self.events.append(f"mount {self.name}")
         try:
-            yield fb.Mounted(path)
+            yield fb.MountedTarget(path)
         finally:
             self.events.append(f"unmount {self.name}")
 
