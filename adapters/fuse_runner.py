@@ -243,15 +243,15 @@ async def _scrub(service: FileSystemService, until: int, failures: list[str]) ->
     """Check the frames of the log before ``until`` (skipped by an open from a checkpoint) in
     a worker thread; on damage, say so and stop the mount, as an open would have refused it."""
     loop = asyncio.get_running_loop()
-    log_ = service.session.log
+    scrubbed = service.session.log
     stopping = threading.Event()
     try:
-        n = await loop.run_in_executor(None, check_prefix, log_, until, stopping.is_set)
+        n = await loop.run_in_executor(None, check_prefix, scrubbed, until, stopping.is_set)
     except asyncio.CancelledError:
         stopping.set()
         raise
     except LogError as exc:
-        if service.session.log is not log_:
+        if service.session.log is not scrubbed:
             return  # a compaction replaced the log meanwhile (and read all of it)
         failures.append(str(exc))
         log.error("%s", exc)

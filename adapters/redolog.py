@@ -47,7 +47,7 @@ from application.ports import (
     RedoLogFactory,
     ScannedRecord,
 )
-from domain.hashing import DIGEST_SIZE, EMPTY_HASH, h, hasher
+from domain.hashing import DIGEST_SIZE, EMPTY_HASH, hasher, sha256_of
 
 # --- format ------------------------------------------------------------------------------------
 LOG_MAGIC = b"WDFSLOG\x00"
@@ -122,7 +122,7 @@ def encode_frame(record: LogRecord) -> tuple[bytes, bytes]:
         data_len = len(data)
         if data_len > MAX_DATA:
             raise ValueError(f"record data too large ({data_len} > {MAX_DATA} bytes)")
-        data_hash = record.data_hash if record.data_hash is not None else h(data)
+        data_hash = record.data_hash if record.data_hash is not None else sha256_of(data)
     prefix = FRAME_PREFIX.pack(FRAME_MAGIC, flags, fmt, meta_len, data_len, data_hash)
     crc = zlib.crc32(record.meta, zlib.crc32(prefix))
     return prefix + U32.pack(crc), data_hash
@@ -466,7 +466,7 @@ class _LogBase(RedoLog):
         data = self._storage.pread(ref.offset, ref.length) if ref.length else b""
         if len(data) != ref.length:
             raise LogCorrupt(f"{where}: data at offset {ref.offset} is truncated")
-        if h(data) != ref.data_hash:
+        if sha256_of(data) != ref.data_hash:
             raise LogCorrupt(
                 f"{where}: data at offset {ref.offset} is damaged (hash mismatch);"
                 f" {self._storage.hint}"
@@ -726,7 +726,7 @@ class _DamagedReader(DamagedLog):
         if ref.offset < self._header_end or ref.offset + ref.length > self._size:
             raise LogCorrupt(f"{where}: data at offset {ref.offset} lies outside the log")
         data = self._storage.pread(ref.offset, ref.length) if ref.length else b""
-        if len(data) != ref.length or h(data) != ref.data_hash:
+        if len(data) != ref.length or sha256_of(data) != ref.data_hash:
             raise LogCorrupt(f"{where}: data at offset {ref.offset} is damaged (hash mismatch)")
         return data
 

@@ -59,7 +59,7 @@ from domain.chain import (
 )
 from domain.errors import DomainError
 from domain.events import EventHeader, parse_header
-from domain.hashing import EMPTY_HASH, h
+from domain.hashing import EMPTY_HASH, sha256_of
 from domain.wire import (
     DISK_FULL_REASON,
     PROTOCOL_VERSIONS,
@@ -103,8 +103,10 @@ class Refused(Exception):
         return str(self)
 
 
-class CommitRejected(Exception):
-    """A transaction refused (nothing of it was written): the reason goes in ``CommitError``."""
+class TransactionRefused(Exception):
+    """A client's transaction refused by the server's rules (nothing of it was written): the
+    reason goes in ``CommitError``. (The client side of the same refusal is
+    ``application.replication.CommitRejected``.)"""
 
     @property
     def reason(self) -> str:
@@ -170,7 +172,7 @@ def check_header(body: bytes) -> ChainHeader:
 
 
 def _parse(meta: bytes, fmt: int, data: bytes | None) -> EventHeader:
-    return parse_header(meta, fmt, h(data) if data is not None else EMPTY_HASH)
+    return parse_header(meta, fmt, sha256_of(data) if data is not None else EMPTY_HASH)
 
 
 # --- one chain ---------------------------------------------------------------------------------
@@ -193,32 +195,32 @@ class ChainState:
     def transaction(self, records: Sequence[CommitRecord]) -> Transaction:
         """The transaction of a client's records (events not located yet)."""
         if not records:
-            raise CommitRejected("a transaction needs at least its seal")
+            raise TransactionRefused("a transaction needs at least its seal")
         if records[-1].data is not None:
-            raise CommitRejected("the seal (last record) of a transaction carries no data")
+            raise TransactionRefused("the seal (last record) of a transaction carries no data")
         headers: list[EventHeader] = []
         for i, rec in enumerate(records):
             try:
                 hdr = _parse(rec.meta, rec.fmt, rec.data)
             except DomainError as exc:
-                raise CommitRejected(f"record {i} is malformed: {exc}") from None
+                raise TransactionRefused(f"record {i} is malformed: {exc}") from None
             headers.append(hdr)
         return Transaction(tuple(Located(hdr, None) for hdr in headers[:-1]), headers[-1])
 
     def check_new(self, tx: Transaction) -> None:
-        """Every rule for a transaction a client sends; ``CommitRejected`` with the reason."""
+        """Every rule for a transaction a client sends; ``TransactionRefused`` with the reason."""
         if not tx.events:
             if not tx.signatures:
-                raise CommitRejected("an empty transaction must carry a signature")
+                raise TransactionRefused("an empty transaction must carry a signature")
             if self.index.attested == self.index.head:
-                raise CommitRejected(
+                raise TransactionRefused(
                     "the chain's head is attested already (a replayed attestation)"
                 )
         fresh: set[bytes] = set()
         for ev in tx.events:
             eh = ev.header.hash
             if eh in self._seen or eh in fresh:
-                raise CommitRejected(
+                raise TransactionRefused(
                     f"event {eh.hex()[:16]} is already in the chain (a replayed transaction)"
                 )
             fresh.add(eh)
@@ -235,7 +237,7 @@ class ChainState:
         try:
             Pipeline(validators).check(self.index, tx)
         except DomainError as exc:
-            raise CommitRejected(str(exc)) from None
+            raise TransactionRefused(str(exc)) from None
 
     def apply(self, tx: Transaction) -> None:
         if not tx.events and tx.signatures:
@@ -310,7 +312,7 @@ class ChainHost:
                 events = []
                 self.state.check_stored(tx)
                 self.state.apply(tx)
-        except (DomainError, CommitRejected) as exc:
+        except (DomainError, TransactionRefused) as exc:
             raise Refused(
                 f"the server's log of chain {self.name!r} fails validation: {exc}"
             ) from None
@@ -337,7 +339,9 @@ class ChainHost:
         state.check_new(tx)
         root = state.header.root_key_hash
         if root is not None and not any(s.public_key_hash == root for s in tx.signatures):
-            raise CommitRejected("the genesis transaction must be signed by the chain's root key")
+            raise TransactionRefused(
+                "the genesis transaction must be signed by the chain's root key"
+            )
         try:
             log = logs.create(name, header_body)
         except LogExists:
@@ -347,7 +351,7 @@ class ChainHost:
         except OSError as exc:
             if exc.errno not in DISK_FULL:
                 raise
-            raise CommitRejected(
+            raise TransactionRefused(
                 f"{DISK_FULL_REASON} ({exc.strerror or exc}): chain {name!r} was not created;"
                 " try again later"
             ) from None
@@ -355,7 +359,7 @@ class ChainHost:
         host._boundaries.append(log.committed_end)
         try:
             appended = host._append(tx, records)
-        except CommitRejected:
+        except TransactionRefused:
             log.close()
             with contextlib.suppress(LogError, OSError):
                 logs.remove(name)  # a chain without its genesis would be no chain
@@ -429,7 +433,7 @@ class ChainHost:
         """Validate a transaction and append it (not durable yet: see ``sync``)."""
         self._check_alive()
         if self.config.read_only:
-            raise CommitRejected("the server is read-only")
+            raise TransactionRefused("the server is read-only")
         tx = self.state.transaction(records)
         self.state.check_new(tx)
         return self._append(tx, records)
@@ -459,7 +463,7 @@ class ChainHost:
             except LogError as cut:
                 self._break(f"writing to chain {self.name!r} failed: {exc}; {cut}")
             _log.warning("chain %r: a commit was refused: %s", self.name, exc)
-            raise CommitRejected(
+            raise TransactionRefused(
                 f"{DISK_FULL_REASON} ({exc.strerror or exc}): the transaction was not stored;"
                 " try again later"
             ) from None
@@ -616,7 +620,10 @@ class ChainServer:
 
 # --- one connection ----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class _Own:
+class _OwnCommit:
+    """A commit this connection sent, appended at ``position``..``end`` of the log and awaiting
+    its confirmation (sent once the chain's durable end passes ``end``)."""
+
     tx_id: int
     position: int
     end: int
@@ -641,7 +648,7 @@ class Peer:
         self.host: ChainHost | None = None
         self.header_body: bytes | None = None  # the client's, for a chain not created yet
         self.notices: deque[ServerMessage] = deque()
-        self.own: deque[_Own] = deque()
+        self.own: deque[_OwnCommit] = deque()
         self.cursor: int | None = None  # None: not subscribed
         self.history_end = 0
         self.end_of_history_sent = False
@@ -753,10 +760,10 @@ class Peer:
                 self._create(msg)
                 return
             appended = self.host.commit(msg.records)
-        except CommitRejected as exc:
+        except TransactionRefused as exc:
             self.notices.append(CommitError(msg.tx_id, exc.reason))
             return
-        self.own.append(_Own(msg.tx_id, appended.position, appended.end))
+        self.own.append(_OwnCommit(msg.tx_id, appended.position, appended.end))
 
     def _create(self, msg: Commit) -> None:
         assert self.header_body is not None
@@ -771,7 +778,7 @@ class Peer:
         else:
             host, appended = self.server.create(self.chain, self.header_body, msg.records)
             self._attach(host)
-        self.own.append(_Own(msg.tx_id, appended.position, appended.end))
+        self.own.append(_OwnCommit(msg.tx_id, appended.position, appended.end))
 
     # -- flow control ----------------------------------------------------------------------------
     @property

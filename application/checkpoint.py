@@ -27,7 +27,7 @@ from application.ports import CryptoError, LogError, RedoLog, RedoLogFactory
 from application.session import ChainSession, Rebuildable
 from application.snapshot import no_gc
 from domain.chain import ChainIndex, ObjectInfo
-from domain.hashing import EMPTY_HASH, h, hasher
+from domain.hashing import EMPTY_HASH, hasher, sha256_of
 
 MAGIC = b"WDFSCKPT"
 VERSION = 1
@@ -68,7 +68,7 @@ def anchor(log: RedoLog, start: int, end: int) -> bytes:
     """Hash of the records in [start, end): the last transaction before a checkpoint."""
     state = hasher()
     for rec in log.scan(start, end):
-        state.update(h(rec.meta))
+        state.update(sha256_of(rec.meta))
         state.update(rec.data.data_hash if rec.data is not None else EMPTY_HASH)
         state.update(b"\x01" if rec.commit else b"\x00")
     return bytes(state.digest())
@@ -81,7 +81,7 @@ def _name(ix: object) -> str:
 def _seal(session: ChainSession, body: bytes) -> tuple[int, bytes]:
     key = session.checkpoint_key
     if key is None:
-        return 0, h(body) + body
+        return 0, sha256_of(body) + body
     return _SEALED, session.crypto.seal(key, body, MAGIC + session.header.chain_id)
 
 
@@ -162,7 +162,7 @@ def _body(holder: list[bytes], session: ChainSession) -> _Body:
                 "it does not authenticate (another chain, or altered)"
             ) from None
     else:
-        if flags != 0 or h(bytes(sealed[32:])) != bytes(sealed[:32]):
+        if flags != 0 or sha256_of(bytes(sealed[32:])) != bytes(sealed[:32]):
             raise CheckpointRejected("its checksum does not match")
         raw = sealed[32:]
     try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from application.keys import ObjectKey
 from application.ports import Crypto, CryptoError
 from application.session_errors import ChainIntegrityError
-from domain.hashing import h
+from domain.hashing import sha256_of
 
 
 class PayloadMapper:
@@ -36,7 +36,7 @@ class PayloadMapper:
         (sealed under ``okey``; as they are without one)."""
         if okey is None:
             return payload
-        return self.crypto.seal(okey.key, payload, self.chain_id + h(meta_bytes))
+        return self.crypto.seal(okey.key, payload, self.chain_id + sha256_of(meta_bytes))
 
     def from_stored(
         self, raw: bytes, offset: int, meta_hash: bytes, okey: ObjectKey | None

@@ -35,7 +35,7 @@ from domain.events import (
     encode_meta,
     parse_header,
 )
-from domain.hashing import EMPTY_HASH, chain_head, event_hash, genesis_head, h
+from domain.hashing import EMPTY_HASH, chain_head, event_hash, genesis_head, sha256_of
 from domain.trust import transaction_shape
 from domain.wire import CommitRecord, WireRecord
 
@@ -190,7 +190,7 @@ class ReplicaLog:
                     upto, full = rec.position, True  # the rest of this transaction goes next
                     break
                 dh = rec.data.data_hash if rec.data is not None else EMPTY_HASH
-                eh = event_hash(h(rec.meta), dh)
+                eh = event_hash(sha256_of(rec.meta), dh)
                 if self.drop_events and eh[:8] in self.drop_events:
                     continue
                 data = log.read_data(rec.data) if rec.data is not None else None
@@ -297,7 +297,7 @@ class ReplicaLog:
                 if rec.commit:
                     continue
                 dh = rec.data.data_hash if rec.data is not None else EMPTY_HASH
-                got.append(event_hash(h(rec.meta), dh))
+                got.append(event_hash(sha256_of(rec.meta), dh))
                 if got[-1] != want[len(got) - 1]:
                     return None
         return None
@@ -404,4 +404,4 @@ def _parse(rec: ScannedRecord) -> EventHeader:
 
 def _wire_header(rec: WireRecord | CommitRecord) -> EventHeader:
     data = rec.data
-    return parse_header(rec.meta, rec.fmt, h(data) if data is not None else EMPTY_HASH)
+    return parse_header(rec.meta, rec.fmt, sha256_of(data) if data is not None else EMPTY_HASH)

@@ -84,7 +84,7 @@ from domain.events import (
     parse_header,
 )
 from domain.formats import Format
-from domain.hashing import EMPTY_HASH, h, transaction_digest
+from domain.hashing import EMPTY_HASH, sha256_of, transaction_digest
 from domain.trust import signed_digest
 
 __all__ = [
@@ -352,7 +352,7 @@ class ChainSession:
         return self._parse(rec)
 
     def _parse(self, rec: ScannedRecord) -> EventHeader:
-        data_hash = rec.data.data_hash if rec.data is not None else h(b"")
+        data_hash = rec.data.data_hash if rec.data is not None else sha256_of(b"")
         try:
             return parse_header(rec.meta, rec.fmt, data_hash)
         except DomainError as exc:
@@ -472,7 +472,7 @@ class ChainSession:
         hdr = EventHeader(
             meta=tuple(meta),
             meta_bytes=meta_bytes,
-            data_hash=h(data) if data else EMPTY_HASH,
+            data_hash=sha256_of(data) if data else EMPTY_HASH,
             fmt=self.formats.meta,
         )
         pos, ref = self.log.append(

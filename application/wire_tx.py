@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from application.ports import LogRecord, RedoLog
 from domain.events import EventHeader, Meta, encode_meta, parse_header
 from domain.formats import Format
-from domain.hashing import EMPTY_HASH, h
+from domain.hashing import EMPTY_HASH, sha256_of
 from domain.trust import signed_digest
 from domain.wire import CommitRecord, WireRecord
 
@@ -45,7 +45,9 @@ def split_transactions(log: RedoLog, start: int | None = None) -> list[list[Comm
 def header_of(record: CommitRecord | WireRecord) -> EventHeader:
     """The parsed event (or seal) of a record; ``MalformedEvent`` when it does not parse."""
     data = record.data
-    return parse_header(record.meta, record.fmt, h(data) if data is not None else EMPTY_HASH)
+    return parse_header(
+        record.meta, record.fmt, sha256_of(data) if data is not None else EMPTY_HASH
+    )
 
 
 def digest_of(

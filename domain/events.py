@@ -18,7 +18,7 @@ import msgspec
 
 from domain.errors import MalformedEvent
 from domain.formats import Format, convert, decode_raw, encode
-from domain.hashing import EMPTY_HASH, event_hash, h
+from domain.hashing import EMPTY_HASH, event_hash, sha256_of
 
 META_VERSION = 1
 
@@ -249,7 +249,7 @@ class EventHeader:
         self.meta_bytes = meta_bytes
         self.data_hash = data_hash
         self.fmt = fmt
-        self.meta_hash = h(meta_bytes)
+        self.meta_hash = sha256_of(meta_bytes)
         self.hash = event_hash(self.meta_hash, data_hash)
         self._kinds: dict[type[Any], Meta] = {}
         for m in meta:
@@ -280,7 +280,7 @@ class EventHeader:
 def make_header(meta: list[Meta], fmt: Format, data: bytes | None) -> EventHeader:
     mb = encode_meta(meta, fmt)
     return EventHeader(
-        meta=tuple(meta), meta_bytes=mb, data_hash=h(data) if data else EMPTY_HASH, fmt=fmt
+        meta=tuple(meta), meta_bytes=mb, data_hash=sha256_of(data) if data else EMPTY_HASH, fmt=fmt
     )
 
 

@@ -13,7 +13,7 @@ DIGEST_SIZE = 32
 EMPTY_HASH = sha256(b"").digest()
 
 
-def h(data: bytes) -> bytes:
+def sha256_of(data: bytes) -> bytes:
     return sha256(data).digest()
 
 

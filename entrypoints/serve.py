@@ -38,7 +38,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def build_server(
+def server_or_exit(
     data_dir: Path,
     config: ServerConfig,
     host: str = "127.0.0.1",
@@ -50,10 +50,10 @@ def build_server(
     events lie too far in the future). ``wire_encryption``: the least level of wire encryption
     every client must use (None: plain clients too); exit 1 when its keys cannot be had."""
     from adapters.secure_channel import ServerKeyError
-    from entrypoints.bootstrap import build_server as compose
+    from entrypoints.bootstrap import build_server
 
     try:
-        return compose(data_dir, config, host, port, _clock(), wire_encryption)
+        return build_server(data_dir, config, host, port, _clock(), wire_encryption)
     except ServerKeyError as exc:
         typer.echo(f"wasmer-dfs: error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -149,7 +149,7 @@ def serve(
         read_only=read_only,
         locks=LockConfig(lease=lock_lease, grace=lock_grace),
     )
-    server = build_server(data_dir, config, host, port, wire_encryption)
+    server = server_or_exit(data_dir, config, host, port, wire_encryption)
     try:
         asyncio.run(run_server(server))
     except OSError as exc:

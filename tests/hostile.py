@@ -40,7 +40,7 @@ from domain.events import (
 )
 from domain.formats import Format, encode
 from domain.fs.model import COLL_INODES, ROOT_INO, TYPE_INODE
-from domain.hashing import EMPTY_HASH, event_hash, h, key_hash
+from domain.hashing import EMPTY_HASH, event_hash, key_hash, sha256_of
 from domain.trust import signed_digest
 from domain.wire import CommitRecord
 
@@ -80,7 +80,10 @@ class Signer:
         """A seal over ``events`` carrying ``extra`` besides the signature (signed too)."""
         covered = [Timestamp(1), *extra]
         # hashed without parsing, so that malformed events can be signed too
-        hashes = [event_hash(h(r.meta), h(r.data) if r.data else EMPTY_HASH) for r in events]
+        hashes = [
+            event_hash(sha256_of(r.meta), sha256_of(r.data) if r.data else EMPTY_HASH)
+            for r in events
+        ]
         digest = signed_digest(self.chain_id, hashes, covered)
         sig = Signature(self.key_hash, digest, self.crypto.sign(self.secret, digest))
         return record([sig, *covered])

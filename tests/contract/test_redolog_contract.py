@@ -33,7 +33,7 @@ from application.ports import (
     RedoLog,
     RedoLogFactory,
 )
-from domain.hashing import EMPTY_HASH, h
+from domain.hashing import EMPTY_HASH, sha256_of
 
 HEADER = b"chain-parameters\x00\x01\x02"
 CHAIN = "chain-1"
@@ -234,7 +234,7 @@ class RedoLogContract:
                 assert ref is None
             else:
                 offset = pos + FRAME_SIZE + len(rec.meta)
-                assert ref == DataRef(offset, len(rec.data), h(rec.data))
+                assert ref == DataRef(offset, len(rec.data), sha256_of(rec.data))
         assert log.size() == len(self.raw(factory, CHAIN))
         log.close()
         log = factory.open(CHAIN)
@@ -303,7 +303,7 @@ class RedoLogContract:
         with pytest.raises(LogCorrupt):
             log.read_data(DataRef(0, 3, ref.data_hash))
         with pytest.raises(LogCorrupt, match=f"offset {ref.offset}"):
-            log.read_data(DataRef(ref.offset, ref.length, h(b"xyz")))
+            log.read_data(DataRef(ref.offset, ref.length, sha256_of(b"xyz")))
 
     @pytest.mark.parametrize("fmt", [-1, 256])
     def test_invalid_fmt_is_refused_and_writes_nothing(
@@ -695,7 +695,7 @@ class RedoLogContract:
         assert rec.data is not None and dlog.read_data(rec.data) == b"data-1"
         with pytest.raises(LogCorrupt):
             dlog.read_record(at)
-        bad = DataRef(rec.data.offset, rec.data.length, h(b"something else"))
+        bad = DataRef(rec.data.offset, rec.data.length, sha256_of(b"something else"))
         with pytest.raises(LogCorrupt):
             dlog.read_data(bad)
         dlog.close()

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from adapters.clock import SystemClock
 from adapters.redolog import MemoryRedoLogFactory
-from application.chain_server import ChainState, CommitRejected, ServerConfig
+from application.chain_server import ChainState, ServerConfig, TransactionRefused
 from application.replica_log import ReplicaLog
 from application.session import ChainIntegrityError, ChainSession, Formats
 from application.wire_tx import split_transactions
@@ -50,7 +50,7 @@ class World:
             tx = self.server.transaction(records)
             self.server.check_new(tx)
             server_ok = True
-        except CommitRejected:
+        except TransactionRefused:
             server_ok = False
         wire = self.wire(records)
         try:
