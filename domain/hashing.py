@@ -14,11 +14,12 @@ EMPTY_HASH = sha256(b"").digest()
 
 
 def sha256_of(data: bytes) -> bytes:
+    """The SHA-256 digest of ``data`` (32 bytes): the hash of an event's meta and of its data."""
     return sha256(data).digest()
 
 
 def hasher() -> Any:
-    """An incremental state of ``h`` (``update``/``digest``)."""
+    """An incremental state of ``sha256_of`` (``update``/``digest``)."""
     return sha256()
 
 
