@@ -191,33 +191,60 @@ class Replicated:
 
 
 class NotSynced(Exception):
-    """The mount was stopped before a new replica caught up with the chain server."""
+    """The mount was stopped before the file system was mounted: for a new replica, before it
+    caught up with the chain server."""
 
 
-async def _first_sync(replication: ReplicationService, timeout: float | None) -> None:
-    """Wait until the replica has caught up with the server (a new replica has no tree to show
-    before; ``timeout`` None: wait for it); SIGINT/SIGTERM give up."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop.set)
+#: the signals that stop a mount (Ctrl-C, kill, the terminal closing)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Stop:
+    """What SIGINT/SIGTERM/SIGHUP do during a run. Before the file system is mounted they end
+    the wait for the first sync, and the mount does not happen; while it is served they end
+    ``pyfuse3.main()`` (which then unmounts); once it is shutting down they change nothing."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.serving = False
+
+    def __call__(self) -> None:
+        self.requested.set()
+        if self.serving:
+            _terminate()
+
+
+def _ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Take the stop signals back from the loop and ignore them from now on: the process is on
+    its way out (what is left is closing the log). The signals are blocked meanwhile, so none can
+    arrive in between, where the loop's removal leaves the default action (terminate)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        synced = asyncio.create_task(replication.wait_synced())
-        stopped = asyncio.create_task(stop.wait())
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+async def _first_sync(
+    replication: ReplicationService, timeout: float | None, stop: asyncio.Event
+) -> None:
+    """Wait until the replica has caught up with the server (a new replica has no tree to show
+    before; ``timeout`` None: wait for it); ``stop`` (SIGINT/SIGTERM) gives up."""
+    synced = asyncio.create_task(replication.wait_synced())
+    stopped = asyncio.create_task(stop.wait())
+    try:
         await asyncio.wait((synced, stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
         for t in (synced, stopped):
             t.cancel()
-        if timeout is not None and not stopped.done():
-            if not replication.has_synced:
-                log.warning(
-                    "the chain server did not answer within %.0f s: mounted disconnected", timeout
-                )
-            return
-        if not replication.has_synced:
-            raise NotSynced(replication.state.last_error or "stopped before the first sync")
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+    if replication.has_synced:
+        return
+    if not stop.is_set() and timeout is not None:
+        log.warning("the chain server did not answer within %.0f s: mounted disconnected", timeout)
+        return
+    raise NotSynced(replication.state.last_error or "stopped before the first sync")
 
 
 async def _upload_before_unmount(replication: ReplicationService, timeout: float) -> None:
@@ -305,19 +332,33 @@ def run(
 ) -> None:
     """Mount, serve until unmounted or signalled, unmount. Blocks. ``PrefixDamaged`` when the
     background check of the log before the checkpoint found damage (and stopped the mount);
-    ``NotSynced`` when a replica that had to catch up first was stopped before it did."""
+    ``NotSynced`` when SIGINT/SIGTERM/SIGHUP came before the file system was mounted (a new
+    replica that had to catch up first had not). From the start of the run, those signals are
+    the runner's; when it returns or raises they are ignored (the process is stopping)."""
     failures: list[str] = []
     pyfuse3.asyncio.enable()
     replication = replicated.replication if replicated is not None else None
     locks = replicated.locks if replicated is not None else None
+    stop = _Stop()
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:  # one handler for the whole run: no moment with the default
+            loop.add_signal_handler(sig, stop)
+        try:
+            await replicate_and_serve()
+        finally:
+            _ignore_stop_signals(loop)
+
+    async def replicate_and_serve() -> None:
         if replicated is not None:
             replicated.start()
         replicating = asyncio.create_task(replication.run()) if replication is not None else None
         try:
             if replicated is not None and replication is not None and replicated.wait_first_sync:
-                await _first_sync(replication, replicated.first_sync_timeout)
+                await _first_sync(replication, replicated.first_sync_timeout, stop.requested)
+            if stop.requested.is_set():
+                raise NotSynced("stopped before the file system was mounted")
             await serve()
         finally:
             if replication is not None and replicating is not None:
@@ -335,12 +376,18 @@ def run(
             service, committer, writeback=writeback, read_only=read_only, remote=replication,
             locks=locks,
         )  # fmt: skip
+        # pyfuse3.close() is only for a session that init() created: without one, libfuse's
+        # fuse_session_unmount(NULL) dereferences NULL (a stop before the mount was a SIGSEGV).
         pyfuse3.init(ops, mountpoint, options)
+        try:
+            await serve_mounted(ops, committer)
+        finally:
+            with contextlib.suppress(Exception):  # unmount before the rest of the shutdown
+                pyfuse3.close(unmount=True)
+
+    async def serve_mounted(ops: FuseOperations, committer: GroupCommitter) -> None:
         if replicated is not None and replication is not None:
             replication.kernel = replicated.kernel
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.add_signal_handler(sig, _terminate)
         tasks = [asyncio.create_task(committer.run())]
         if isinstance(service.clock, NtpClock):
             tasks.append(asyncio.create_task(_keep_clock_synced(service.clock)))
@@ -364,21 +411,17 @@ def run(
             tasks.append(asyncio.create_task(_scrub(service, unchecked_until, failures)))
         try:
             on_mounted()
+            stop.serving = True  # a signal queued meanwhile is handled once main() runs
             await pyfuse3.main()  # the patched asyncio loop has no worker pool (ADR 0012)
         finally:
+            stop.serving = False
             for t in tasks:
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
             if replication is not None:
                 replication.kernel = None  # unmounted: nothing left to invalidate
 
-    try:
-        asyncio.run(main())
-    finally:
-        with contextlib.suppress(Exception):
-            pyfuse3.close(unmount=True)
+    asyncio.run(main())
     if failures:
         raise PrefixDamaged(failures[0])

@@ -27,6 +27,7 @@ from domain.formats import Format
 from domain.fs.model import FsError, IdMap
 from domain.presets import Preset, PresetError, choose
 from domain.presets import settings as preset_settings
+from entrypoints.mount_guard import guarded
 
 if TYPE_CHECKING:
     from adapters.secure_channel import ClientWire
@@ -391,6 +392,7 @@ def _compact_now(mounted: Mounted) -> None:
 
 
 @app.command()
+@guarded  # patched pyfuse3 or exit 4; a stop before mounting exits 5, never a traceback
 def mount(
     mount_path: Annotated[Path, typer.Argument(help="Path to directory that the file system will be mounted at")],
     remote: Annotated[str | None, typer.Argument(help="URL where the data is remotely stored on a distributed commit log (e.g. ws://wasmer.sh/db/myfs). If this URL is not specified then data will only be stored locally")] = None,
@@ -557,6 +559,8 @@ def mount(
             replicated=replicated,
         )
     except NotSynced as exc:
+        if remote is None:
+            fail(f"{mnt} was not mounted: {exc}", 5)
         fail(f"stopped before the replica caught up with {remote}: {exc}", 5)
     except PrefixDamaged as exc:
         mounted.save_checkpoint = False  # the next open reads the whole log, and refuses it
