@@ -155,6 +155,7 @@ class PageBuffer:
         dirty = self._dirty.get(ino, {})
         for idx in [i for i in dirty if i >= keep]:
             del dirty[idx]
+            self.dirty_bytes -= ps
         for idx in [i for i in self.view.pages.get(ino, {}) if i >= keep]:
             self._cache.pop((ino, idx), None)
             self._delete_page(ino, idx)
@@ -162,7 +163,10 @@ class PageBuffer:
             idx = new // ps
             page = bytearray(self.load(ino, idx))[: new % ps]
             self._cache.pop((ino, idx), None)
-            self._dirty.setdefault(ino, {})[idx] = page
+            dirty = self._dirty.setdefault(ino, {})
+            if idx not in dirty:
+                self.dirty_bytes += ps
+            dirty[idx] = page
 
     def zero_range(self, ino: int, start: int, end: int, size: int) -> None:
         """Zeros in [start, end) of a file of ``size`` bytes: whole pages become holes."""
