@@ -422,21 +422,23 @@ class FileSystemService:
         self._dir_changed(parent, self.clock.now_ns())
         self._maybe_reap(entry.inode, unlinked_here=True)
 
-    def rename(self, op: int, oname: bytes, np: int, nname: bytes, flags: int = 0) -> None:
-        check_name(nname)
-        self._dir(op)
-        self._dir(np)
-        src = self.view.lookup(op, oname)
+    def rename(
+        self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int = 0
+    ) -> None:
+        check_name(new_name)
+        self._dir(old_parent)
+        self._dir(new_parent)
+        src = self.view.lookup(old_parent, old_name)
         if src is None:
             raise FsError(errno.ENOENT)
-        dst = self.view.lookup(np, nname)
+        dst = self.view.lookup(new_parent, new_name)
         sdata = self.inode(src.inode)
         if flags & RENAME_NOREPLACE and dst is not None:
             raise FsError(errno.EEXIST)
         if flags & RENAME_EXCHANGE and dst is None:
             raise FsError(errno.ENOENT)
         if sdata.is_dir:
-            p: int | None = np
+            p: int | None = new_parent
             while p is not None:
                 if p == src.inode:
                     raise FsError(errno.EINVAL, "cannot move a directory into itself")
@@ -444,8 +446,8 @@ class FileSystemService:
         self._room()
         now = self.clock.now_ns()
         if dst is not None and flags & RENAME_EXCHANGE:
-            self._put_dentry(src.dentry, np, nname, src.inode)
-            self._put_dentry(dst.dentry, op, oname, dst.inode)
+            self._put_dentry(src.dentry, new_parent, new_name, src.inode)
+            self._put_dentry(dst.dentry, old_parent, old_name, dst.inode)
         else:
             if dst is not None:
                 if dst.inode == src.inode:
@@ -457,17 +459,17 @@ class FileSystemService:
                     raise FsError(errno.EISDIR)
                 if ddata.is_dir and self.view.dirs.get(dst.inode):
                     raise FsError(errno.ENOTEMPTY)
-                self._delete_dentry(dst.dentry, np)
+                self._delete_dentry(dst.dentry, new_parent)
                 self._maybe_reap(dst.inode, unlinked_here=True)
                 if dst.inode in self.view.inodes:  # still linked elsewhere, or open
                     self._touch(dst.inode, _replace(self.inode(dst.inode), ctime_ns=now))
-            self._put_dentry(src.dentry, np, nname, src.inode)
+            self._put_dentry(src.dentry, new_parent, new_name, src.inode)
         if dst is not None and flags & RENAME_EXCHANGE:
             self._touch(dst.inode, _replace(self.inode(dst.inode), ctime_ns=now))
         self._touch(src.inode, _replace(self.inode(src.inode), ctime_ns=now))
-        self._dir_changed(op, now)
-        if np != op:
-            self._dir_changed(np, now)
+        self._dir_changed(old_parent, now)
+        if new_parent != old_parent:
+            self._dir_changed(new_parent, now)
 
     # -- attributes ----------------------------------------------------------------------------
     def setattr(self, ino: int, changes: SetAttr) -> Attr:
