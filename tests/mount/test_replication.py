@@ -341,10 +341,10 @@ def test_recovery_mode_while_disconnected(
 def test_the_servers_host_name_resolves_through_dns_server(
     mounter: Mounter, server: ServerProc, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests import test_dns
+    from tests import dns_server
 
-    monkeypatch.setitem(test_dns.ZONE, "chains.test", [(test_dns.A, "127.0.0.1")])
-    with test_dns.DnsServer() as dns:
+    monkeypatch.setitem(dns_server.ZONE, "chains.test", [(dns_server.A, "127.0.0.1")])
+    with dns_server.DnsServer() as dns:
         url = f"ws://chains.test:{server.port}/db/named"
         a = mount_remote(mounter, "a", url, global_args=("--dns-server", f"127.0.0.1:{dns.port}"))
         assert any(q.name == "chains.test" for q in dns.queries)
@@ -354,7 +354,7 @@ def test_the_servers_host_name_resolves_through_dns_server(
 
 
 def test_ntp_time_stamps_the_files(mounter: Mounter) -> None:
-    from tests.test_ntp import SntpServer
+    from tests.sntp_server import SntpServer
 
     offset = 3 * 3600
     with SntpServer(offset_ns=offset * 10**9) as ntp:
@@ -395,7 +395,7 @@ def test_offline_edits_on_both_sides_lose_nothing(mounter: Mounter, server: Serv
 def test_events_too_far_in_the_future_are_refused_by_the_servers_clock(
     mounter: Mounter, tmp_path: Path
 ) -> None:
-    from tests.test_ntp import SntpServer
+    from tests.sntp_server import SntpServer
 
     with SntpServer(offset_ns=3600 * 10**9) as ntp:  # an hour ahead of this machine
         ahead = ("--ntp-pool", "127.0.0.1", "--ntp-port", str(ntp.port))
