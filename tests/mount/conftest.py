@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.net import free_port
 
 HERE = Path(__file__).resolve().parent
 PASSCODE_ENV = "WASMER_DFS_PASSCODE"
@@ -409,3 +412,65 @@ def module_mounter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounter
         for point in left:
             _fusermount("-uz", point)
         assert not left, f"FUSE mounts left behind under {m.tmp_path}: {left}"
+
+
+# --- a chain server ------------------------------------------------------------------------------
+class ServerProc:
+    """`wasmer-dfs serve` in a subprocess on a fixed port (so it can be killed and restarted on
+    the same address and data directory); stopped by its pid."""
+
+    def __init__(self, data_dir: Path, log: Path, global_args: tuple[str, ...] = ()) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.log = log
+        self.global_args = global_args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, chain: str = "fs") -> str:
+        return f"ws://127.0.0.1:{self.port}/db/{chain}"
+
+    def start(self) -> None:
+        assert self.proc is None
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [wasmer_dfs_exe(), *self.global_args, "serve", "--listen", f"127.0.0.1:{self.port}",
+                 "--data-dir", str(self.data_dir), "--lock-lease", "2"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
+            ):
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the server exited: {self.log.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server did not listen: {self.log.read_text()}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+    def data_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.data_dir.glob("*.log"))
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProc]:
+    (tmp_path / "server").mkdir()
+    srv = ServerProc(tmp_path / "server", tmp_path / "server.out")
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

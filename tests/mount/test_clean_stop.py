@@ -145,7 +145,7 @@ class HeaderOnlyProxy:
 @pytest.fixture
 def stalled_server(tmp_path: Path) -> Iterator[HeaderOnlyProxy]:
     """A real `wasmer-dfs serve` behind a HeaderOnlyProxy; the server is stopped by its pid."""
-    from tests.mount.test_replication import ServerProc
+    from tests.mount.conftest import ServerProc
 
     (tmp_path / "server").mkdir()
     srv = ServerProc(tmp_path / "server", tmp_path / "server.out")

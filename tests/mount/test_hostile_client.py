@@ -21,8 +21,8 @@ from application.wire_tx import split_transactions
 from domain.fs.model import ROOT_INO
 from tests.fakes import FastCrypto
 from tests.hostile import Forgery, Signer, forgeries
-from tests.mount.conftest import DEFAULT_PASSCODE, Mounter
-from tests.mount.test_replication import ServerProc, mount_remote
+from tests.mount.conftest import DEFAULT_PASSCODE, Mounter, ServerProc
+from tests.mount.test_replication import mount_remote
 from tests.server.test_serve_end_to_end import CONTENT, NAME, make_tree, upload
 
 pytestmark = [pytest.mark.timeout(300)]

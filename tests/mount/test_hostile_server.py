@@ -31,8 +31,9 @@ from domain.wire import (
     decode_server,
     encode,
 )
-from tests.mount.conftest import DEFAULT_PASSCODE, Mounter, MountProc
-from tests.mount.test_replication import ServerProc, eventually, free_port, mount_remote, write
+from tests.mount.conftest import DEFAULT_PASSCODE, Mounter, MountProc, ServerProc
+from tests.mount.test_replication import eventually, mount_remote, write
+from tests.net import free_port
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -173,17 +174,6 @@ def _at(rec: WireRecord, position: int) -> WireRecord:
 
 
 # --- fixtures ------------------------------------------------------------------------------------
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProc]:
-    (tmp_path / "server").mkdir()
-    srv = ServerProc(tmp_path / "server", tmp_path / "server.out")
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
 @pytest.fixture
 def proxies() -> Iterator[list[HostileProxy]]:
     made: list[HostileProxy] = []

@@ -24,8 +24,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.mount.conftest import MOUNT_TIMEOUT, Mounter, MountProc
-from tests.mount.test_replication import ServerProc, eventually, write
+from tests.mount.conftest import MOUNT_TIMEOUT, Mounter, MountProc, ServerProc
+from tests.mount.test_replication import eventually, write
 
 pytestmark = [pytest.mark.timeout(300)]
 
