@@ -62,17 +62,13 @@ def serve(port: int, data_dir: str) -> None:
     """Run the chain server until SIGTERM (this module run with ``--serve``)."""
     import signal
 
-    from adapters.clock import SystemClock
-    from adapters.crypto import PqCrypto
-    from adapters.redolog import FileRedoLogFactory
-    from adapters.ws_server import WsChainServer
-    from application.chain_server import ChainServer, ServerConfig
+    from application.chain_server import ServerConfig
     from application.lock_server import LockConfig
+    from entrypoints.bootstrap import build_server
 
     async def main() -> None:
         config = ServerConfig(locks=LockConfig(lease=10.0, grace=0.0))
-        app = ChainServer(FileRedoLogFactory(Path(data_dir)), PqCrypto(), SystemClock(), config)
-        server = WsChainServer(app, "127.0.0.1", port)
+        server = build_server(Path(data_dir), config, "127.0.0.1", port)
         await server.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

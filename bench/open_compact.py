@@ -41,12 +41,9 @@ def _peak_rss_kib() -> int:
 
 
 def _service(logdir: Path) -> Any:
-    from adapters.clock import SystemClock
-    from adapters.crypto import PqCrypto
-    from adapters.redolog import FileRedoLogFactory
-    from application.mount import MountService
+    from entrypoints.bootstrap import build_mount_service
 
-    return MountService(FileRedoLogFactory(logdir), PqCrypto(), SystemClock())
+    return build_mount_service(logdir)
 
 
 def _request(**kw: Any) -> Any:

@@ -37,8 +37,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from adapters.crypto import PqCrypto
 from adapters.ws_client import ChainClient
+from application.ports import Crypto
 from application.session import HEADER_VERSION, ChainHeader
 from bench.common import free_port, machine_dict, read_status_kib, terminate
 from domain.events import DataKey, Meta, PublicKey, Signature, Timestamp, Type, make_header
@@ -46,6 +46,7 @@ from domain.formats import Format
 from domain.hashing import key_hash
 from domain.trust import signed_digest
 from domain.wire import CommitRecord, EndOfHistory, Events
+from entrypoints.bootstrap import build_crypto
 
 MIB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 class BenchChain:
     """A chain with its own root key: header, genesis, and signed transactions of blobs."""
 
-    def __init__(self, crypto: PqCrypto) -> None:
+    def __init__(self, crypto: Crypto) -> None:
         self.crypto = crypto
         self.public, self.secret = crypto.sign_keypair()
         self.root = key_hash(self.public)
@@ -217,8 +218,7 @@ async def sync(url: str, pid: int) -> dict[str, float]:
 
 async def run(args: argparse.Namespace, proc: subprocess.Popen[bytes], port: int) -> dict[str, Any]:
     pid = proc.pid
-    crypto = PqCrypto()
-    chain = BenchChain(crypto)
+    chain = BenchChain(build_crypto())
     url = f"ws://127.0.0.1:{port}/db/bench"
     res: dict[str, Any] = {"rss_mib": {}}
     res["rss_mib"]["idle"] = round(rss_mib(pid)[0], 1)

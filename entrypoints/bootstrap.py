@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,8 +18,9 @@ from adapters.system import disk_space
 from application.chain_server import ChainServer, ServerConfig
 from application.compaction import Hook
 from application.mount import MountService
-from application.ports import Clock
+from application.ports import Clock, Crypto, Resolver
 from application.repair import Repairer
+from entrypoints.settings import GlobalSettings, OptionError
 
 if TYPE_CHECKING:
     from adapters.fuse_runner import Replicated
@@ -54,6 +58,82 @@ def bootstrap(log_path: Path, hook: Hook | None = None, clock: Clock | None = No
     return container
 
 
+#: fault injection for the crash tests (never set in normal use)
+CRASH_ENV = "WASMER_DFS_COMPACT_CRASH_AT"
+PAUSE_ENV = "WASMER_DFS_COMPACT_PAUSE_AT"
+
+
+def fault_hook_from_env() -> Hook | None:
+    """Fault injection for the crash tests, from the environment (never set in normal use):
+    ``WASMER_DFS_COMPACT_CRASH_AT=step[:n]`` kills the process (SIGKILL) at that step of a
+    compaction or repair (at its n-th record for ``copy``); ``WASMER_DFS_COMPACT_PAUSE_AT=
+    step:seconds`` sleeps there."""
+    crash = os.environ.get(CRASH_ENV, "")
+    pause = os.environ.get(PAUSE_ENV, "")
+    if not crash and not pause:
+        return None
+    crash_step, _, crash_n = crash.partition(":")
+    pause_step, _, pause_s = pause.partition(":")
+
+    def hook(step: str, n: int) -> None:
+        if step == pause_step:
+            time.sleep(float(pause_s or 1))
+        if step == crash_step and (not crash_n or n >= int(crash_n)):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def build_client_wire(url: str, level: int | None) -> ClientWire | None:
+    """The wire encryption (``level`` bits; None: plain) for the chain server of ``url`` as
+    typed: the known-servers file names the server by it, not by the address it resolves to."""
+    if level is None:
+        return None
+    from adapters.secure_channel import ClientWire, server_name
+
+    return ClientWire(level, name=server_name(url))
+
+
+def build_crypto() -> Crypto:
+    """The quantum-resistant primitives (ML-DSA, ML-KEM, AES-256-GCM, Argon2id)."""
+    return PqCrypto()
+
+
+def build_mount_service(log_path: Path) -> MountService:
+    """Mounts of the chains whose logs are in ``log_path``, with the system clock (benchmarks)."""
+    return bootstrap(log_path).mounts()
+
+
+def build_resolver(settings: GlobalSettings) -> Resolver:
+    """The resolver of --dns-server/--dns-sec (``OptionError`` when they cannot be used)."""
+    from adapters.dns import make_resolver
+
+    try:
+        return make_resolver(settings.dns_server, settings.dns_sec)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
+
+
+def build_dnssec_resolver(settings: GlobalSettings) -> Resolver:
+    """A DNSSEC-validating resolver through --dns-server (which the caller made sure is given)."""
+    from adapters.dns import make_resolver
+
+    return make_resolver(settings.dns_server, True)
+
+
+def build_clock(settings: GlobalSettings, resolver: Resolver | None = None) -> Clock:
+    """The clock that stamps and judges events: NTP-synchronised with --ntp-pool (unless
+    --no-ntp), else the system clock. ``resolver`` finds the pool (by default the one of
+    --dns-server, built only when a pool is given; ``OptionError`` when it cannot be)."""
+    from adapters.ntp import make_clock
+
+    if settings.no_ntp or settings.ntp_pool is None:
+        return SystemClock()
+    if resolver is None:
+        resolver = build_resolver(settings)
+    return make_clock(False, settings.ntp_pool, settings.ntp_port, resolver)
+
+
 def build_server(
     data_dir: Path,
     config: ServerConfig,
@@ -72,7 +152,7 @@ def build_server(
 
     wire = ServerWire(load_server_keys(data_dir), required=wire_encryption)
     app = ChainServer(
-        FileRedoLogFactory(data_dir.expanduser()), PqCrypto(), clock or SystemClock(), config
+        FileRedoLogFactory(data_dir.expanduser()), build_crypto(), clock or SystemClock(), config
     )
     return WsChainServer(app, host, port, wire=wire)
 

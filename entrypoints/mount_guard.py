@@ -19,11 +19,9 @@ from typing import ParamSpec
 
 import typer
 
-#: exit code of a mount stopped before it was mounted (also: a new replica stopped before its
-#: first sync, adapters.fuse_runner.NotSynced)
-STOPPED = 5
-#: exit code when the file system cannot be mounted (here: no patched pyfuse3)
-CANNOT_MOUNT = 4
+# STOPPED: a mount stopped before it was mounted (also: a new replica stopped before its first
+# sync, adapters.fuse_runner.NotSynced); CANNOT_MOUNT: here, no patched pyfuse3
+from entrypoints.console import CANNOT_MOUNT, STOPPED
 
 P = ParamSpec("P")
 

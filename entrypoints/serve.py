@@ -18,10 +18,11 @@ import typer
 from application.chain_server import ServerConfig
 from application.lock_server import LockConfig
 from domain.wire import BATCH_BYTES, BATCH_EVENTS, MAX_FRAME, ServerLimits
+from entrypoints.console import USAGE, fail, say
+from entrypoints.settings import GlobalSettings, OptionError, check_wire_level, global_settings
 
 if TYPE_CHECKING:  # the adapters load when the server is built, not with the CLI
     from adapters.ws_server import WsChainServer
-    from application.ports import Clock
 
 DEFAULT_DATA_DIR = Path("~/wasmer/server")
 
@@ -44,42 +45,23 @@ def server_or_exit(
     host: str = "127.0.0.1",
     port: int = 0,
     wire_encryption: int | None = None,
+    settings: GlobalSettings | None = None,
 ) -> WsChainServer:
     """The chain server, built by the composition root (loaded only when a server starts). Its
-    clock follows the global --ntp-pool/--ntp-port/--no-ntp of `wasmer-dfs` (it decides which
+    clock follows the global --ntp-pool/--ntp-port/--no-ntp of ``settings`` (it decides which
     events lie too far in the future). ``wire_encryption``: the least level of wire encryption
     every client must use (None: plain clients too); exit 1 when its keys cannot be had."""
     from adapters.secure_channel import ServerKeyError
-    from entrypoints.bootstrap import build_server
+    from entrypoints.bootstrap import build_clock, build_server
 
     try:
-        return build_server(data_dir, config, host, port, _clock(), wire_encryption)
+        clock = build_clock(settings or GlobalSettings())
+    except OptionError as exc:
+        fail(str(exc), USAGE)
+    try:
+        return build_server(data_dir, config, host, port, clock, wire_encryption)
     except ServerKeyError as exc:
-        typer.echo(f"wasmer-dfs: error: {exc}", err=True)
-        raise typer.Exit(1) from None
-
-
-def _clock() -> Clock | None:
-    from adapters.dns import make_resolver
-    from adapters.ntp import make_clock
-    from entrypoints import cli
-
-    g = cli.G
-    if g.no_ntp or g.ntp_pool is None:
-        return None
-    try:
-        resolver = make_resolver(g.dns_server, g.dns_sec)
-    except ValueError as exc:
-        typer.echo(f"wasmer-dfs: error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    return make_clock(False, g.ntp_pool, g.ntp_port, resolver)
-
-
-def _global_wire_encryption() -> int | None:
-    """`wasmer-dfs --wire-encryption N serve`: the global option (None when run on its own)."""
-    from entrypoints import cli
-
-    return cli.G.wire_encryption
+        fail(str(exc), 1)
 
 
 async def run_server(server: WsChainServer, stop: asyncio.Event | None = None) -> None:
@@ -90,14 +72,11 @@ async def run_server(server: WsChainServer, stop: asyncio.Event | None = None) -
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-        typer.echo(f"wasmer-dfs: serving chains at {server.url}/db/NAME", err=True)
+        say(f"serving chains at {server.url}/db/NAME")
         if server.wire is not None and server.wire.required is not None:
-            typer.echo(
-                f"wasmer-dfs: wire encryption of at least {server.wire.required} bits required",
-                err=True,
-            )
+            say(f"wire encryption of at least {server.wire.required} bits required")
         await stop.wait()
-        typer.echo("wasmer-dfs: shutting down", err=True)
+        say("shutting down")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -105,6 +84,7 @@ async def run_server(server: WsChainServer, stop: asyncio.Event | None = None) -
 
 
 def serve(
+    ctx: typer.Context,
     listen: Annotated[str, typer.Option("--listen", "-l", help="Address to listen on, HOST:PORT (clients connect to ws://HOST:PORT/db/NAME)")] = "127.0.0.1:5000",  # noqa: E501
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Directory of the chains' redo logs (one NAME.log per chain)")] = DEFAULT_DATA_DIR,  # noqa: E501
     clock_tolerance: Annotated[float, typer.Option("--clock-tolerance", help="Seconds an event's timestamp may lie in the future")] = 30.0,  # noqa: E501
@@ -119,22 +99,22 @@ def serve(
 ) -> None:  # fmt: skip
     """Run a chain server: many chains, each at ws://HOST:PORT/db/NAME. It validates every event
     (format, signatures, authorisation, timestamps) and never holds a key that decrypts."""
+    settings = global_settings(ctx)
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
-        typer.echo(f"wasmer-dfs: error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(exc), USAGE)
     if (
         clock_tolerance < 0 or max_frame < 64 * 1024 or max_lag < 0 or send_timeout <= 0
         or lock_lease <= 0 or (lock_grace is not None and lock_grace < 0)
     ):  # fmt: skip
-        typer.echo("wasmer-dfs: error: a limit is out of range", err=True)
-        raise typer.Exit(2)
+        fail("a limit is out of range", USAGE)
     if wire_encryption is None:
-        wire_encryption = _global_wire_encryption()
-    if wire_encryption is not None and wire_encryption not in (128, 192, 256):
-        typer.echo("wasmer-dfs: error: --wire-encryption must be 128, 192 or 256", err=True)
-        raise typer.Exit(2)
+        wire_encryption = settings.wire_encryption  # `wasmer-dfs --wire-encryption N serve`
+    try:
+        check_wire_level(wire_encryption)
+    except OptionError as exc:
+        fail(str(exc), USAGE)
     limits = ServerLimits(
         max_frame=max_frame,
         batch_events=BATCH_EVENTS,
@@ -149,12 +129,11 @@ def serve(
         read_only=read_only,
         locks=LockConfig(lease=lock_lease, grace=lock_grace),
     )
-    server = server_or_exit(data_dir, config, host, port, wire_encryption)
+    server = server_or_exit(data_dir, config, host, port, wire_encryption, settings)
     try:
         asyncio.run(run_server(server))
     except OSError as exc:
-        typer.echo(f"wasmer-dfs: error: cannot serve on {listen}: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(f"cannot serve on {listen}: {exc}", 1)
 
 
 def main() -> None:

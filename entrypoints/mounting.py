@@ -1,0 +1,506 @@
+"""`wasmer-dfs mount`, step by step: the options checked into ``MountSettings``, the mount point,
+the chain server found and asked for its header (a replica), the passcode, the log opened
+(application/mount.py), then the FUSE runner until unmount. Each step maps what goes wrong to a
+message and an exit code (entrypoints/console.py); the adapters come from the composition root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from application.compaction import CompactionError
+from application.mount import Configuration, Mounted, MountRequest, MountService
+from application.ports import LogError, Resolver
+from application.replication import RecoveryMode
+from application.session import SessionError
+from domain.compaction import CompactMode, CompactPolicy
+from domain.formats import Format
+from domain.fs.model import FsError, IdMap
+from domain.presets import Preset, PresetError, choose
+from domain.presets import settings as preset_settings
+from entrypoints import bootstrap
+from entrypoints.console import CANNOT_MOUNT, REFUSED, STOPPED, UNSAVED, USAGE, fail, say, warn
+from entrypoints.settings import GlobalSettings, OptionError
+
+if TYPE_CHECKING:
+    from adapters.fuse_runner import Replicated
+    from adapters.secure_channel import ClientWire
+
+PASSCODE_ENV = "WASMER_DFS_PASSCODE"
+DEFAULT_LOG_PATH = Path("~/wasmer/fs")
+#: replicas of remote chains, one directory per chain name (a local chain keeps the default)
+DEFAULT_REMOTE_LOGS = Path("~/wasmer/fs/remote")
+#: seconds a replica with a tree waits for the chain server before it mounts disconnected
+FIRST_SYNC_WAIT = 10.0
+LOCAL_CHAIN = "local"
+
+_log = logging.getLogger("wasmer_dfs")
+
+
+@dataclass(frozen=True, slots=True)
+class MountSettings:
+    """The options of one `wasmer-dfs mount`, checked (``mount_settings`` builds it)."""
+
+    mount_path: Path
+    #: ws://HOST:PORT/db/NAME (None: a local chain)
+    remote: str | None
+    log_path: Path | None
+    compaction: CompactPolicy
+    preset: Preset | None
+    meta_format: Format | None
+    data_format: Format | None
+    recovery_mode: RecoveryMode
+    passcode: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    allow_other: bool = False
+    allow_root: bool = False
+    compact_now: bool = False
+    impersonate_uid: bool = False
+    non_empty: bool = False
+    read_only: bool = False
+    temp: bool = False
+    write_back: bool = False
+    no_auth: bool = False
+
+    @property
+    def chain_name(self) -> str | None:
+        """The chain's name on its server (None: a local chain)."""
+        return None if self.remote is None else checked_chain_name(self.remote)
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where the log lives: --log-path, else the default of a local chain or a replica."""
+        name = self.chain_name
+        default = DEFAULT_LOG_PATH if name is None else DEFAULT_REMOTE_LOGS / name
+        return (self.log_path or default).expanduser().resolve()
+
+
+def mount_settings(
+    mount_path: Path,
+    remote: str | None,
+    log_path: Path | None,
+    *,
+    compaction: tuple[CompactMode, float, int, int],
+    preset: Preset | None,
+    meta_format: str | None,
+    data_format: str | None,
+    recovery_mode: RecoveryMode,
+    compact_now: bool,
+    read_only: bool,
+    passcode: str | None,
+    uid: int | None,
+    gid: int | None,
+    allow_other: bool,
+    allow_root: bool,
+    impersonate_uid: bool,
+    non_empty: bool,
+    temp: bool,
+    write_back: bool,
+    no_auth: bool,
+) -> MountSettings:
+    """The options checked (exit 2 with the reason for one that cannot be used). A second
+    positional without a URL scheme is the log path (a local-only mount)."""
+    if remote is not None and "://" not in remote:
+        if log_path is not None:
+            fail(f"{remote!r} is not a URL (ws://HOST:PORT/db/NAME) and a log path is given too", 2)
+        log_path, remote = Path(remote), None
+    if preset is not None:
+        try:
+            preset_settings(preset)
+        except PresetError as exc:
+            fail(str(exc), USAGE)
+    policy = _compact_policy(*compaction)
+    if remote is not None:
+        checked_chain_name(remote)  # exit 2 for a URL that names no chain
+        if compact_now:
+            from entrypoints.console import not_yet
+
+            not_yet("--compact-now on a replicated mount", "compaction of replicas")
+        # A replica's log positions are its bookkeeping with the server (docs/adr/0009):
+        # compacting it is not supported yet, so it never runs on its own.
+        policy = CompactPolicy(CompactMode.NEVER)
+    if compact_now and read_only:
+        fail("--compact-now rewrites the log: it cannot be combined with --read-only", USAGE)
+    return MountSettings(
+        mount_path.expanduser(), remote, log_path, policy, preset,
+        Format.parse(meta_format) if meta_format is not None else None,
+        Format.parse(data_format) if data_format is not None else None,
+        recovery_mode, passcode=passcode, uid=uid, gid=gid, allow_other=allow_other,
+        allow_root=allow_root, compact_now=compact_now, impersonate_uid=impersonate_uid,
+        non_empty=non_empty, read_only=read_only, temp=temp, write_back=write_back,
+        no_auth=no_auth,
+    )  # fmt: skip
+
+
+def _compact_policy(mode: CompactMode, factor: float, size: int, timer: int) -> CompactPolicy:
+    if factor < 0:
+        fail("--compact-threshold-factor must not be negative", USAGE)
+    if size < 0:
+        fail("--compact-threshold-size must not be negative", USAGE)
+    if timer < 0:
+        fail("--compact-timer must not be negative", USAGE)
+    return CompactPolicy(mode, factor, size, float(timer))
+
+
+def checked_chain_name(url: str) -> str:
+    """The chain name of ``ws://HOST:PORT/db/NAME`` (exit 2 with the reason otherwise)."""
+    from urllib.parse import urlsplit
+
+    from adapters.ws_client import chain_of as name_in
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        fail(f"{url!r} is not a chain URL: expected ws://HOST:PORT/db/NAME", USAGE)
+    try:
+        name = name_in(url)
+    except ValueError as exc:
+        fail(f"{url!r} is not a chain URL ({exc}): expected ws://HOST:PORT/db/NAME", USAGE)
+    if "/" in name or name in (".", "..") or "\0" in name:
+        fail(f"{name!r} is not a chain name (no '/', not '.' or '..')", USAGE)
+    return name
+
+
+def passcode_of(given: str | None, creating: bool) -> bytes:
+    """--passcode, else $WASMER_DFS_PASSCODE, else a prompt on a terminal (exit 2 without one)."""
+    if given is not None:
+        return given.encode()
+    env = os.environ.get(PASSCODE_ENV)
+    if env is not None:
+        return env.encode()
+    if not sys.stdin.isatty():
+        fail(
+            f"a passcode is needed: give --passcode, set {PASSCODE_ENV}, run interactively,"
+            " or use --no-auth for an unencrypted file system",
+            USAGE,
+        )
+    value = typer.prompt("Passcode", hide_input=True, confirmation_prompt=creating)
+    return str(value).encode()
+
+
+def _check_mount_point(s: MountSettings) -> Path:
+    mnt = s.mount_path
+    if not mnt.is_dir():
+        fail(f"mount path {mnt} is not a directory", USAGE)
+    if os.path.ismount(mnt):
+        fail(f"{mnt} is already a mount point", USAGE)
+    if not s.non_empty and any(mnt.iterdir()):
+        fail(f"mount path {mnt} is not empty (use --non-empty to mount over it)", USAGE)
+    return mnt
+
+
+# --- the chain server of a replica ---------------------------------------------------------------
+@dataclass(slots=True)
+class Server:
+    """The chain server of a replica: its URL with the host resolved, the wire encryption, and
+    the chain's header as the server holds it (None: this mount creates the chain)."""
+
+    url: str
+    wire: ClientWire | None
+    header: bytes | None
+
+
+def _resolved(url: str, resolver: Resolver) -> str:
+    """``url`` with its host name replaced by an address from ``resolver`` (the DNS port)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from application.ports import ResolveError
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    try:
+        addr = resolver.resolve(host, port)[0][0]
+    except ResolveError as exc:
+        fail(f"cannot resolve {host!r}: {exc}", REFUSED)
+    if addr == host:
+        return url
+    netloc = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _wants_dnssec(mounts: MountService, explicit: Preset | None, header: bytes | None) -> bool:
+    """Whether the preset of this mount (explicit, or recorded in the local log's header or in
+    the server's ``header``) resolves the chain server's host with DNSSEC (security)."""
+    try:
+        preset, _ = choose(explicit, mounts.recorded_preset(LOCAL_CHAIN, header))
+    except (PresetError, SessionError, LogError) as exc:
+        fail(str(exc), REFUSED)
+    return preset_settings(preset).dnssec
+
+
+def _server_resolver(url: str, g: GlobalSettings, resolver: Resolver, dnssec: bool) -> Resolver:
+    """The resolver for the chain server's host: the global one, or a DNSSEC-validating one when
+    the preset asks for DNSSEC (exit 2 when it cannot: no --dns-server for a host name)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    if not dnssec or g.dns_sec:
+        return resolver
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return resolver  # an address: no DNS query is made, nothing to validate
+    if host == "localhost" or host.endswith(".localhost"):
+        return resolver  # the loopback (RFC 6761): answered without a query
+    if g.dns_server is None:
+        fail(
+            f"--configured-for security resolves the chain server's host {host!r} with DNSSEC,"
+            " which needs --dns-server (a validating DNS resolver reached over a trusted path;"
+            " the system's resolver does not say whether an answer was validated): give"
+            " --dns-server, the server's IP address, or another preset",
+            USAGE,
+        )
+    return bootstrap.build_dnssec_resolver(g)
+
+
+def _check_wire(url: str, wire: ClientWire) -> None:
+    """One encrypted handshake with the server of an existing replica before mounting: a server
+    that refuses the wire encryption, or a changed key, stops the mount (exit 3) rather than
+    leaving it disconnected; an unreachable server does not (the mount starts disconnected)."""
+    import asyncio
+
+    from adapters.remote import fetch_header
+    from application.ports import RemoteError, RemoteRefused
+
+    try:
+        asyncio.run(fetch_header(url, wire=wire))
+    except RemoteRefused as exc:
+        fail(f"the chain server refused: {exc}", REFUSED)
+    except RemoteError as exc:
+        _log.warning("%s", exc)
+
+
+def _server_header(url: str, wire: ClientWire | None = None) -> bytes | None:
+    """The chain's header from the server, for a replica without a local log (None: the server
+    does not hold the chain, this mount creates it). Retries with back-off until the server
+    answers; exits when it refuses."""
+    import asyncio
+
+    from adapters.remote import fetch_header
+    from application.ports import RemoteError, RemoteRefused
+
+    delay = 0.2
+    while True:
+        try:
+            return asyncio.run(fetch_header(url, wire=wire))
+        except RemoteRefused as exc:
+            fail(f"the chain server refused: {exc}", REFUSED)
+        except RemoteError as exc:
+            _log.warning("%s (retrying in %.1f s)", exc, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def _find_server(
+    s: MountSettings, g: GlobalSettings, mounts: MountService, resolver: Resolver, creating: bool
+) -> Server:
+    """The replica's chain server: its host resolved (with DNSSEC when the chain's preset asks
+    for it), its wire encryption checked, and, for a new replica, the chain's header."""
+    assert s.remote is not None
+    url = s.remote
+    wire = bootstrap.build_client_wire(url, g.wire_encryption)
+    dnssec = _wants_dnssec(mounts, s.preset, None)
+    server = Server(_resolved(url, _server_resolver(url, g, resolver, dnssec)), wire, None)
+    if wire is not None and not creating:
+        _check_wire(server.url, wire)
+    if creating:
+        server.header = _server_header(server.url, wire)
+        header = server.header
+        if header is not None and not dnssec and _wants_dnssec(mounts, s.preset, header):
+            # the chain was created --configured-for security: find its server with DNSSEC from
+            # now on (the header itself is checked against the passcode)
+            server.url = _resolved(url, _server_resolver(url, g, resolver, True))
+    return server
+
+
+# --- opening the log -----------------------------------------------------------------------------
+def _open(mounts: MountService, request: MountRequest) -> Mounted:
+    try:
+        mounted = mounts.open(request)
+    except (SessionError, LogError) as exc:
+        fail(str(exc), REFUSED)
+    if mounted.preset_warning:
+        warn(mounted.preset_warning)
+    if mounted.cut_bytes:
+        cut_from = mounted.session.log.open_report.cut_from
+        _log.warning(
+            "the log ended in a torn transaction (writes that were never made durable):"
+            " %d bytes cut, offsets %d to %d",
+            mounted.cut_bytes,
+            cut_from,
+            cut_from + mounted.cut_bytes,
+        )
+    if mounted.from_checkpoint:
+        _log.info(
+            "state loaded from the checkpoint; %d transactions replayed after it",
+            mounted.transactions,
+        )
+    else:
+        _log.info("%d transactions replayed", mounted.transactions)
+    return mounted
+
+
+def compact_now(mounted: Mounted) -> None:
+    """--compact-now: compact the log before mounting, with a progress bar (exit 3 on failure,
+    the log unchanged)."""
+    from entrypoints.progress import ProgressBar
+
+    assert mounted.compactor is not None
+    with ProgressBar("compacting") as bar:
+        mounted.compactor.progress = bar
+        try:
+            r = mounted.compactor.compact()
+        except (SessionError, LogError, CompactionError) as exc:
+            mounted.close()
+            fail(f"compaction failed (the log is unchanged): {exc}", REFUSED)
+        finally:
+            mounted.compactor.progress = lambda phase, done, total: None
+    say(
+        f"compacted the log from {r.before} to {r.after} bytes"
+        f" ({r.kept} of {r.events} events kept) in {r.seconds:.2f} s"
+    )
+    mounted.unchecked_until = None  # the compaction read every record of the old log
+
+
+def _replica(s: MountSettings, mounted: Mounted, server: Server, logs_dir: Path) -> Replicated:
+    """A replicated mount's services. A new replica has no tree before its first catch-up with
+    the server, and a new chain exists only once the server holds it: both wait for that.
+    Otherwise the mount waits a moment (in async mode not at all), then mounts disconnected."""
+    from domain.fs.model import ROOT_INO
+
+    tolerance = preset_settings(mounted.preset).tolerance_ms
+    refusals = bootstrap.build_refusals(logs_dir, LOCAL_CHAIN)
+    mode = s.recovery_mode
+    replicated = bootstrap.build_replica(
+        mounted, server.url, mode, tolerance, server.wire, refusals
+    )
+    new = ROOT_INO not in mounted.fs.view.inodes or mounted.created
+    replicated.wait_first_sync = new or mode is not RecoveryMode.ASYNC
+    replicated.first_sync_timeout = None if new else FIRST_SYNC_WAIT
+    return replicated
+
+
+# --- the whole command ---------------------------------------------------------------------------
+def mount_and_serve(s: MountSettings, g: GlobalSettings) -> None:
+    """Mount, serve until unmounted (or SIGINT/SIGTERM), unmount."""
+    mnt = _check_mount_point(s)
+    logs_dir = s.logs_dir
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        resolver = bootstrap.build_resolver(g)
+    except OptionError as exc:
+        fail(str(exc), USAGE)
+    container = bootstrap.bootstrap(
+        logs_dir, bootstrap.fault_hook_from_env(), clock=bootstrap.build_clock(g, resolver)
+    )
+    mounts = container.mounts()
+    creating = not mounts.logs.exists(LOCAL_CHAIN)
+    server = None
+    if s.remote is not None:
+        server = _find_server(s, g, mounts, resolver, creating)
+        creating = creating and server.header is None
+    secret = None if (s.no_auth or g.no_auth) else passcode_of(s.passcode, creating)
+    mounted = _open(mounts, _request(s, secret, server))
+    if s.compact_now and mounted.compactor is not None:
+        compact_now(mounted)
+    # The index and the tree are long-lived and hold no cycles: keep the cyclic collector from
+    # walking them again and again while the file system serves.
+    gc.collect()
+    gc.freeze()
+    # --uid/--gid: every file appears owned by them (as sshfs -o uid=,gid=); --impersonate-uid:
+    # files of the file system's owner (global ids) appear as the mounting user's local ids.
+    id_map = IdMap(
+        uid=s.uid, gid=s.gid, local=(os.getuid(), os.getgid()) if s.impersonate_uid else None
+    )
+    if id_map.active:
+        mounted.fs.id_map = id_map
+    replicated = None if server is None else _replica(s, mounted, server, logs_dir)
+    _serve(s, mnt, logs_dir, mounts, mounted, server, replicated, encrypted=secret is not None)
+
+
+def _request(s: MountSettings, secret: bytes | None, server: Server | None) -> MountRequest:
+    return MountRequest(
+        chain=LOCAL_CHAIN,
+        passcode=secret,
+        formats=Configuration(s.preset, s.meta_format, s.data_format),
+        uid=s.uid if s.uid is not None else os.getuid(),
+        gid=s.gid if s.gid is not None else os.getgid(),
+        read_only=s.read_only and server is None,  # a read-only replica still follows the server
+        compaction=s.compaction,
+        remote=server is not None,
+        replica_header=None if server is None else server.header,
+    )
+
+
+def _serve(
+    s: MountSettings,
+    mnt: Path,
+    logs_dir: Path,
+    mounts: MountService,
+    mounted: Mounted,
+    server: Server | None,
+    replicated: Replicated | None,
+    *,
+    encrypted: bool,
+) -> None:
+    """Run the FUSE file system until it is unmounted; close the log on every way out."""
+    from adapters.fuse_runner import NotSynced, PrefixDamaged, fuse_options, run
+
+    options = fuse_options(
+        allow_other=s.allow_other,
+        allow_root=s.allow_root,
+        read_only=s.read_only,
+        fsname=str(logs_dir),
+    )
+
+    def ready() -> None:
+        kind = "encrypted" if encrypted else "unencrypted"
+        where = f"{server.url}, replica: {logs_dir}" if server else f"log: {logs_dir}"
+        say(f"mounted {kind} file system at {mnt} ({where})")
+
+    unsaved: str | None = None  # buffered writes a full disk kept from being saved at unmount
+    try:
+        run(
+            mounted.fs,
+            str(mnt),
+            options,
+            writeback=s.write_back,
+            read_only=s.read_only,
+            on_mounted=ready,
+            compactor=mounted.compactor if s.compaction.mode is not CompactMode.NEVER else None,
+            unchecked_until=mounted.unchecked_until,
+            replicated=replicated,
+        )
+    except NotSynced as exc:
+        if server is None:
+            fail(f"{mnt} was not mounted: {exc}", STOPPED)
+        fail(f"stopped before the replica caught up with {server.url}: {exc}", STOPPED)
+    except PrefixDamaged as exc:
+        mounted.save_checkpoint = False  # the next open reads the whole log, and refuses it
+        mounted.close()
+        with contextlib.suppress(OSError, LogError):
+            mounts.logs.remove_checkpoint(LOCAL_CHAIN)
+        fail(f"the mount was stopped: {exc}", REFUSED)
+    except RuntimeError as exc:
+        fail(f"cannot mount at {mnt}: {exc}", CANNOT_MOUNT)
+    finally:
+        try:
+            mounted.close()
+        except FsError as exc:
+            unsaved = str(exc)
+        if s.temp:
+            mounts.logs.remove(LOCAL_CHAIN)
+    if unsaved is not None:
+        fail(f"unmounted {mnt}, but {unsaved}", UNSAVED)
+    say(f"unmounted {mnt}")

@@ -1,0 +1,52 @@
+"""The options of `wasmer-dfs` as settings objects: one frozen object per command line, built
+once from the options and handed to what needs it (no mutable module-level state).
+
+The global options (those before the command: `wasmer-dfs --no-ntp mount ...`) are parsed by the
+CLI's callback into ``GlobalSettings`` and kept in typer's context object, where every command
+reads them with ``global_settings(ctx)``; a command run on its own (``python -m
+entrypoints.serve``) gets the defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import typer
+
+#: the levels of --wire-encryption (ML-KEM-512/768/1024)
+WIRE_LEVELS = (128, 192, 256)
+
+
+class OptionError(ValueError):
+    """An option's value that cannot be used (the message says which and why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalSettings:
+    debug: bool = False
+    verbose: int = 0
+    #: an unencrypted file system (no passcode)
+    no_auth: bool = False
+    no_ntp: bool = False
+    ntp_pool: str | None = None
+    ntp_port: int | None = None
+    dns_server: str | None = None
+    dns_sec: bool = False
+    #: the least wire encryption (bits) with chain servers; None: plain
+    wire_encryption: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.ntp_port is not None and not 0 < self.ntp_port < 65536:
+            raise OptionError("--ntp-port must be 1 to 65535")
+        check_wire_level(self.wire_encryption)
+
+
+def check_wire_level(level: int | None) -> None:
+    if level is not None and level not in WIRE_LEVELS:
+        raise OptionError("--wire-encryption must be 128, 192 or 256")
+
+
+def global_settings(ctx: typer.Context | None) -> GlobalSettings:
+    """The global options of this command line (the defaults when none were parsed)."""
+    obj = None if ctx is None else ctx.find_object(GlobalSettings)
+    return obj if obj is not None else GlobalSettings()
