@@ -1,10 +1,11 @@
 """The real crypto adapter: AES-256-GCM and Argon2id from `cryptography`, ML-DSA-65 from
-`pqcrypto`, randomness from the OS."""
+`pqcrypto`, ML-KEM-768 from `pqcrypto`, randomness from the OS."""
 
 from __future__ import annotations
 
 import os
 
+import pqcrypto.kem.ml_kem_768 as ml_kem
 import pqcrypto.sign.ml_dsa_65 as ml_dsa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -65,3 +66,20 @@ class PqCrypto(Crypto):
         except (InvalidSignatureError, ValueError):
             return False
         return True
+
+    def kem_keypair(self) -> tuple[bytes, bytes]:
+        public, secret = ml_kem.keygen()
+        return bytes(public), bytes(secret)
+
+    def kem_encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
+        try:
+            ciphertext, shared = ml_kem.encaps(public)
+        except (ValueError, TypeError) as exc:
+            raise CryptoError(f"ML-KEM-768 encapsulation refused: {exc}") from None
+        return bytes(ciphertext), bytes(shared)
+
+    def kem_decapsulate(self, secret: bytes, ciphertext: bytes) -> bytes:
+        try:
+            return bytes(ml_kem.decaps(secret, ciphertext))
+        except (ValueError, TypeError) as exc:
+            raise CryptoError(f"ML-KEM-768 decapsulation refused: {exc}") from None

@@ -39,6 +39,10 @@ class FastCrypto(PqCrypto):
 # (seed, n) and (secret, message) so that equal seeds give equal logs within one test run.
 _KEYPAIRS: dict[tuple[int, int], tuple[bytes, bytes]] = {}
 _SIGNATURES: dict[tuple[bytes, bytes], bytes] = {}
+# ML-KEM keygen and encapsulation draw from the OS too: memoised by (seed, n) and
+# (seed, n, public) in the same way
+_KEM_KEYPAIRS: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+_ENCAPSULATIONS: dict[tuple[int, int, bytes], tuple[bytes, bytes]] = {}
 
 
 class DeterministicCrypto(FastCrypto):
@@ -49,6 +53,8 @@ class DeterministicCrypto(FastCrypto):
         self.seed = seed
         self._rng = random.Random(seed)
         self._keypairs = 0
+        self._kem_keypairs = 0
+        self._encapsulations = 0
 
     def random(self, n: int) -> bytes:
         return self._rng.randbytes(n)
@@ -64,6 +70,22 @@ class DeterministicCrypto(FastCrypto):
         if pair is None:
             pair = _KEYPAIRS[slot] = super().sign_keypair()
         return pair
+
+    def kem_keypair(self) -> tuple[bytes, bytes]:
+        slot = (self.seed, self._kem_keypairs)
+        self._kem_keypairs += 1
+        pair = _KEM_KEYPAIRS.get(slot)
+        if pair is None:
+            pair = _KEM_KEYPAIRS[slot] = super().kem_keypair()
+        return pair
+
+    def kem_encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
+        slot = (self.seed, self._encapsulations, public)
+        self._encapsulations += 1
+        out = _ENCAPSULATIONS.get(slot)
+        if out is None:
+            out = _ENCAPSULATIONS[slot] = super().kem_encapsulate(public)
+        return out
 
     def sign(self, secret: bytes, message: bytes) -> bytes:
         sig = _SIGNATURES.get((secret, message))

@@ -4,7 +4,8 @@ Every port is an ABC in this package, one module per concern; every method's doc
 its promise, which tests/contract/ checks against every adapter and twin of the port:
 
 * ``log``: ``RedoLog``, ``RedoLogFactory``, ``DamagedLog``, their records and errors;
-* ``crypto``: ``Crypto`` (AES-256-GCM, ML-DSA-65, Argon2id, randomness) and ``KdfParams``;
+* ``crypto``: ``Crypto`` (AES-256-GCM, ML-DSA-65, ML-KEM-768, Argon2id, randomness)
+  and ``KdfParams``;
 * ``time``: ``Clock``;
 * ``names``: ``Resolver``;
 * ``locks``: ``LockCoordinator``, ``PendingLock``, ``HeldLocks``, ``ReplicaSync``;

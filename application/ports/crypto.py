@@ -24,8 +24,16 @@ class KdfParams:
     lanes: int
 
 
+#: ML-KEM-768 sizes (FIPS 203): public key, secret key, ciphertext, shared secret
+KEM_PUBLIC_KEY_BYTES = 1184
+KEM_SECRET_KEY_BYTES = 2400
+KEM_CIPHERTEXT_BYTES = 1088
+KEM_SHARED_SECRET_BYTES = 32
+
+
 class Crypto(abc.ABC):
-    """Quantum-resistant primitives: AES-256-GCM, ML-DSA-65 signatures, Argon2id, randomness."""
+    """Quantum-resistant primitives: AES-256-GCM, ML-DSA-65 signatures, ML-KEM-768 key
+    encapsulation, Argon2id, randomness."""
 
     @abc.abstractmethod
     def random(self, n: int) -> bytes:
@@ -56,3 +64,22 @@ class Crypto(abc.ABC):
     def verify(self, public: bytes, message: bytes, signature: bytes) -> bool:
         """True only when ``signature`` is the signature of exactly ``message`` by the secret
         key of ``public``; False (never an exception) for anything else, malformed input too."""
+
+    @abc.abstractmethod
+    def kem_keypair(self) -> tuple[bytes, bytes]:
+        """(public, secret) of a new ML-KEM-768 key pair (``KEM_PUBLIC_KEY_BYTES`` and
+        ``KEM_SECRET_KEY_BYTES`` long); every call gives another pair."""
+
+    @abc.abstractmethod
+    def kem_encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
+        """(ciphertext, shared secret) for ``public``: a fresh 32-byte secret that only the
+        holder of the matching secret key recovers from the ciphertext with
+        ``kem_decapsulate``. A malformed public key raises ``CryptoError``."""
+
+    @abc.abstractmethod
+    def kem_decapsulate(self, secret: bytes, ciphertext: bytes) -> bytes:
+        """The 32-byte shared secret ``kem_encapsulate`` made for ``secret``'s public key.
+
+        A ciphertext made for another key, or altered, gives another secret (ML-KEM's implicit
+        rejection: no error, so callers must authenticate what they derive from it, e.g. with
+        AES-GCM); a secret key or ciphertext of the wrong length raises ``CryptoError``."""

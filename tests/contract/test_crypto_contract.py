@@ -8,6 +8,12 @@ import pytest
 
 from adapters.crypto import PqCrypto
 from application.ports import Crypto, CryptoError, KdfParams
+from application.ports.crypto import (
+    KEM_CIPHERTEXT_BYTES,
+    KEM_PUBLIC_KEY_BYTES,
+    KEM_SECRET_KEY_BYTES,
+    KEM_SHARED_SECRET_BYTES,
+)
 from tests.fakes import DeterministicCrypto, FastCrypto
 
 #: cheap enough for the real adapter too (the cost only changes the time spent)
@@ -96,3 +102,42 @@ class TestCryptoContract:
     def test_a_malformed_public_key_is_false_not_an_error(self, crypto: Crypto) -> None:
         _, secret = crypto.sign_keypair()
         assert crypto.verify(b"not a key", b"message", crypto.sign(secret, b"message")) is False
+
+    def test_kem_keypairs_have_the_promised_sizes_and_differ(self, crypto: Crypto) -> None:
+        public, secret = crypto.kem_keypair()
+        assert (len(public), len(secret)) == (KEM_PUBLIC_KEY_BYTES, KEM_SECRET_KEY_BYTES)
+        assert crypto.kem_keypair()[0] != public
+
+    def test_kem_decapsulate_recovers_the_encapsulated_secret(self, crypto: Crypto) -> None:
+        public, secret = crypto.kem_keypair()
+        ciphertext, shared = crypto.kem_encapsulate(public)
+        assert len(ciphertext) == KEM_CIPHERTEXT_BYTES
+        assert len(shared) == KEM_SHARED_SECRET_BYTES
+        assert crypto.kem_decapsulate(secret, ciphertext) == shared
+        again, shared_again = crypto.kem_encapsulate(public)
+        assert (again, shared_again) != (ciphertext, shared)
+
+    def test_kem_another_key_or_altered_ciphertext_gives_another_secret(
+        self, crypto: Crypto
+    ) -> None:
+        public, secret = crypto.kem_keypair()
+        _, other_secret = crypto.kem_keypair()
+        ciphertext, shared = crypto.kem_encapsulate(public)
+        assert crypto.kem_decapsulate(other_secret, ciphertext) != shared
+        altered = bytes([ciphertext[0] ^ 1]) + ciphertext[1:]
+        assert crypto.kem_decapsulate(secret, altered) != shared
+
+    @pytest.mark.parametrize("public", [b"", b"short", bytes(KEM_PUBLIC_KEY_BYTES + 1)])
+    def test_kem_a_malformed_public_key_is_a_crypto_error(
+        self, crypto: Crypto, public: bytes
+    ) -> None:
+        with pytest.raises(CryptoError):
+            crypto.kem_encapsulate(public)
+
+    def test_kem_a_malformed_secret_or_ciphertext_is_a_crypto_error(self, crypto: Crypto) -> None:
+        public, secret = crypto.kem_keypair()
+        ciphertext, _ = crypto.kem_encapsulate(public)
+        with pytest.raises(CryptoError):
+            crypto.kem_decapsulate(secret, ciphertext[:-1])
+        with pytest.raises(CryptoError):
+            crypto.kem_decapsulate(secret[:100], ciphertext)
