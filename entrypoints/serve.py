@@ -65,7 +65,10 @@ def server_or_exit(
 
 
 async def run_server(server: WsChainServer, stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM or SIGINT (or ``stop``), then shut down gracefully."""
+    """Serve until SIGTERM or SIGINT (or ``stop``), then shut down gracefully; under systemd
+    (``$NOTIFY_SOCKET``), say READY=1 once the server listens."""
+    from adapters.sd_notify import notify
+
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -75,7 +78,9 @@ async def run_server(server: WsChainServer, stop: asyncio.Event | None = None) -
         say(f"serving chains at {server.url}/db/NAME")
         if server.wire is not None and server.wire.required is not None:
             say(f"wire encryption of at least {server.wire.required} bits required")
+        notify("READY=1\nSTATUS=serving chains")  # Type=notify under systemd (no-op otherwise)
         await stop.wait()
+        notify("STOPPING=1")
         say("shutting down")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
