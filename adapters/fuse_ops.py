@@ -12,6 +12,7 @@ import errno
 import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from adapters.fuse_locks import LockOps
 from application.filesystem import Attr, FileSystemService, SetAttr
 from application.locks import LockService
 from application.replication import ReplicationService
+from application.stats import OperationStats
 from domain.fs.model import FsError
 
 log = logging.getLogger("wasmer_dfs.fuse")
@@ -33,26 +35,54 @@ CACHE_TIMEOUT = 300.0
 
 
 def _translate(fn: F) -> F:
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        args[0].requests += 1  # background work (compaction) waits for a quiet moment
+        ops = args[0]
+        ops.requests += 1  # background work (compaction) waits for a quiet moment
+        code = 0
+        start = time.perf_counter()
         try:
             return await fn(*args, **kwargs)
         except FsError as exc:
+            code = exc.errno
             raise pyfuse3.FUSEError(exc.errno) from None
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as exc:
+            code = exc.errno
             raise
         except OSError as exc:
             if exc.errno in DISK_FULL:  # the disk under the log: the writer gets ENOSPC
-                log.warning("%s: %s", fn.__name__, exc)
+                log.warning("%s: %s", name, exc)
+                code = exc.errno
                 raise pyfuse3.FUSEError(exc.errno) from None
-            log.exception("%s failed", fn.__name__)
+            log.exception("%s failed", name)
+            code = errno.EIO
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
-            log.exception("%s failed", fn.__name__)
+            log.exception("%s failed", name)
+            code = errno.EIO
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            stats: OperationStats = ops.stats
+            if stats.listening:
+                stats.record(name, time.perf_counter() - start, code, at=time.time(),
+                             detail=_detail(args[1:]))  # fmt: skip
+            else:
+                stats.record(name, time.perf_counter() - start, code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _detail(args: tuple[Any, ...]) -> str:
+    """The subject of an operation for the access log: its leading inode / handle and name."""
+    parts = []
+    for a in args[:2]:
+        if isinstance(a, int):
+            parts.append(str(a))
+        elif isinstance(a, bytes):
+            parts.append(os.fsdecode(a))
+    return " ".join(parts)
 
 
 #: errors of a full disk (or quota): passed on to the caller as they are, not as EIO
@@ -102,9 +132,12 @@ class FuseOperations(LockOps, pyfuse3.Operations):
         read_only: bool = False,
         remote: ReplicationService | None = None,
         locks: LockService | None = None,
+        stats: OperationStats | None = None,
     ) -> None:
         super().__init__()
         self.service = service
+        #: what the mount has done, counted (application/stats.py; by default the service's)
+        self.stats = stats if stats is not None else service.stats
         self.committer = committer
         self.enable_writeback_cache = writeback
         self.read_only = read_only
@@ -272,13 +305,17 @@ class FuseOperations(LockOps, pyfuse3.Operations):
 
     @_translate
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return self.service.read(fh, off, size)
+        data = self.service.read(fh, off, size)
+        self.stats.read(len(data))
+        return data
 
     @_translate
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         if self.remote is not None:
             self.remote.check_writable()
-        return self.service.write(fh, off, buf)
+        n = self.service.write(fh, off, buf)
+        self.stats.written(n)
+        return n
 
     @_translate
     async def flush(self, fh: int) -> None:

@@ -45,6 +45,7 @@ from application.ports import (
     RedoLog,
     RedoLogFactory,
 )
+from application.server_stats import ServerStats
 from application.session import ChainHeader, ChainIntegrityError
 from domain.chain import (
     AuthorizationValidator,
@@ -527,6 +528,8 @@ class ChainServer:
         self.locks: dict[str, ChainLocks] = {}
         #: after a (re)start, only reclaims are granted until then (ADR 0010)
         self.grace_until = clock.monotonic() + config.locks.grace_seconds
+        #: what the server has done, counted (serve --metrics)
+        self.stats = ServerStats()
 
     def loaded(self, name: str) -> ChainHost | None:
         host = self.hosts.get(name)
@@ -559,6 +562,7 @@ class ChainServer:
             self.logs, name, header_body, records, self.crypto, self.clock, self.config
         )
         self.hosts[name] = host
+        self.stats.chains_created += 1
         _log.info("created chain %s (chain id %s)", name, host.header.chain_id.hex())
         return host, appended
 
@@ -657,6 +661,8 @@ class Peer:
         self.client_id: bytes | None = None
         self.lock_session: LockSession | None = None
         self.lock_expired: str | None = None
+        self._counted_closed = False
+        server.stats.connections_opened += 1
 
     # -- incoming --------------------------------------------------------------------------------
     def hello(self, msg: Hello, host: ChainHost | None) -> Welcome:
@@ -727,8 +733,11 @@ class Peer:
                 self.client_id, self._lock_answer, self._lock_lease_expired
             )
         answer = locks.handle(session, msg)
+        self.server.stats.lock_requests += 1
         if answer is not None:
             self.notices.append(answer)
+        elif isinstance(msg, Lock):
+            self.server.stats.lock_waits += 1
 
     def _lock_answer(self, msg: LockResult) -> None:
         self.notices.append(msg)
@@ -761,9 +770,17 @@ class Peer:
                 return
             appended = self.host.commit(msg.records)
         except TransactionRefused as exc:
+            self.server.stats.commits_refused += 1
             self.notices.append(CommitError(msg.tx_id, exc.reason))
             return
+        self._stored(msg)
         self.own.append(_OwnCommit(msg.tx_id, appended.position, appended.end))
+
+    def _stored(self, msg: Commit) -> None:
+        stats = self.server.stats
+        stats.commits += 1
+        stats.events += len(msg.records)
+        stats.bytes_committed += sum(len(r.meta) + len(r.data or b"") for r in msg.records)
 
     def _create(self, msg: Commit) -> None:
         assert self.header_body is not None
@@ -778,6 +795,7 @@ class Peer:
         else:
             host, appended = self.server.create(self.chain, self.header_body, msg.records)
             self._attach(host)
+        self._stored(msg)
         self.own.append(_OwnCommit(msg.tx_id, appended.position, appended.end))
 
     # -- flow control ----------------------------------------------------------------------------
@@ -844,6 +862,9 @@ class Peer:
 
     def close(self) -> bool:
         """Detach from the chain; True when the chain has no users left."""
+        if not self._counted_closed:
+            self._counted_closed = True
+            self.server.stats.connections_closed += 1
         if self.lock_session is not None:
             state = self.server.locks.get(self.chain)
             if state is not None:

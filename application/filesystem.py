@@ -49,6 +49,7 @@ from application.fs.values import (
 from application.fs.xattrs import Xattrs
 from application.ports import Clock
 from application.session import ChainSession, ObjectKey
+from application.stats import OperationStats
 from domain.formats import Format
 from domain.fs.model import (
     COLL_DENTRIES,
@@ -139,6 +140,9 @@ class FileSystemService:
         #: their last name (``_maybe_reap``)
         self.replicated = False
         self._unlinked_here: set[int] = set()
+        #: what this mount has done, counted: the FUSE adapter records every request here
+        #: (application/stats.py), the views and the metrics exporter read it
+        self.stats = OperationStats()
 
     # -- disk space ----------------------------------------------------------------------------
     def _room(self, nbytes: int = 0, *, deleting: bool = False) -> None:

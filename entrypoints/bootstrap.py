@@ -24,6 +24,7 @@ from entrypoints.settings import GlobalSettings, OptionError
 
 if TYPE_CHECKING:
     from adapters.fuse_runner import Replicated
+    from adapters.metrics import MetricsServer, MountSource
     from adapters.secure_channel import ClientWire
     from adapters.ws_server import WsChainServer
     from application.mount import Mounted
@@ -193,3 +194,22 @@ def build_refusals(log_dir: Path, chain: str) -> RefusalRecord:
     from adapters.refusals import FileRefusalRecord
 
     return FileRefusalRecord(FileRedoLogFactory(log_dir).path(chain).with_suffix(".refused"))
+
+
+def build_mount_metrics(host: str, port: int) -> tuple[MetricsServer, MountSource]:
+    """``mount --metrics HOST:PORT``: prometheus_client's HTTP server, listening now, and the
+    source its collector reads (the caller fills in the mount's stats and replication as they
+    come up). ``OSError`` when it cannot listen."""
+    from adapters.metrics import MetricsServer, MountCollector, MountSource
+
+    source = MountSource()
+    return MetricsServer(host, port, MountCollector(source)), source
+
+
+def build_server_metrics(host: str, port: int, server: WsChainServer) -> MetricsServer:
+    """``serve --metrics HOST:PORT``: the chain server's counters (``ChainServer.stats``) and
+    open chains, served by prometheus_client. ``OSError`` when it cannot listen."""
+    from adapters.metrics import MetricsServer, ServerCollector
+
+    app = server.app
+    return MetricsServer(host, port, ServerCollector(app.stats, lambda: len(app.hosts)))

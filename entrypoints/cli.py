@@ -124,6 +124,7 @@ def mount(
     recovery_mode: Annotated[RecoveryMode, typer.Option("--recovery-mode", help="How the file-system reacts while nominal and while recovering from a communication failure")] = RecoveryMode.READONLY_ASYNC,
     uid: Annotated[int | None, typer.Option("--uid", "-u", help="UID of the user that this file system will be mounted as: every file appears owned by this user (like sshfs -o uid=)")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", "-n", help="Same as the global --no-auth: an UNENCRYPTED file system")] = False,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Expose Prometheus metrics (operations, latencies, bytes, uploads pending, connection) at http://HOST:PORT/metrics")] = None,
 ) -> None:  # fmt: skip
     """Mounts a local or remote file system (runs until unmounted, SIGINT or SIGTERM)."""
     from entrypoints import mounting
@@ -136,7 +137,7 @@ def mount(
         data_format=None if data_format is None else data_format.value,
         compact_now=compact_now, read_only=read_only, passcode=passcode, uid=uid, gid=gid,
         allow_other=allow_other, allow_root=allow_root, impersonate_uid=impersonate_uid,
-        non_empty=non_empty, temp=temp, write_back=write_back, no_auth=no_auth,
+        non_empty=non_empty, temp=temp, write_back=write_back, no_auth=no_auth, metrics=metrics,
     )  # fmt: skip
     mounting.mount_and_serve(settings, global_settings(ctx))
 

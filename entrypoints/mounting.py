@@ -30,10 +30,11 @@ from domain.presets import Preset, PresetError, choose
 from domain.presets import settings as preset_settings
 from entrypoints import bootstrap
 from entrypoints.console import CANNOT_MOUNT, REFUSED, STOPPED, UNSAVED, USAGE, fail, say, warn
-from entrypoints.settings import GlobalSettings, OptionError
+from entrypoints.settings import GlobalSettings, OptionError, host_port
 
 if TYPE_CHECKING:
     from adapters.fuse_runner import Replicated
+    from adapters.metrics import MountSource
     from adapters.secure_channel import ClientWire
 
 PASSCODE_ENV = "WASMER_DFS_PASSCODE"
@@ -72,6 +73,8 @@ class MountSettings:
     temp: bool = False
     write_back: bool = False
     no_auth: bool = False
+    #: --metrics HOST:PORT: where Prometheus scrapes the mount's metrics (None: nowhere)
+    metrics: tuple[str, int] | None = None
 
     @property
     def chain_name(self) -> str | None:
@@ -108,6 +111,7 @@ def mount_settings(
     temp: bool,
     write_back: bool,
     no_auth: bool,
+    metrics: str | None = None,
 ) -> MountSettings:
     """The options checked (exit 2 with the reason for one that cannot be used). A second
     positional without a URL scheme is the log path (a local-only mount)."""
@@ -132,6 +136,10 @@ def mount_settings(
         policy = CompactPolicy(CompactMode.NEVER)
     if compact_now and read_only:
         fail("--compact-now rewrites the log: it cannot be combined with --read-only", USAGE)
+    try:
+        metrics_at = None if metrics is None else host_port(metrics, "--metrics")
+    except OptionError as exc:
+        fail(str(exc), USAGE)
     return MountSettings(
         mount_path.expanduser(), remote, log_path, policy, preset,
         Format.parse(meta_format) if meta_format is not None else None,
@@ -139,7 +147,7 @@ def mount_settings(
         recovery_mode, passcode=passcode, uid=uid, gid=gid, allow_other=allow_other,
         allow_root=allow_root, compact_now=compact_now, impersonate_uid=impersonate_uid,
         non_empty=non_empty, read_only=read_only, temp=temp, write_back=write_back,
-        no_auth=no_auth,
+        no_auth=no_auth, metrics=metrics_at,
     )  # fmt: skip
 
 
@@ -397,6 +405,7 @@ def mount_and_serve(s: MountSettings, g: GlobalSettings) -> None:
     mnt = _check_mount_point(s)
     logs_dir = s.logs_dir
     logs_dir.mkdir(parents=True, exist_ok=True)
+    metrics = _metrics(s)
     try:
         resolver = bootstrap.build_resolver(g)
     except OptionError as exc:
@@ -412,6 +421,8 @@ def mount_and_serve(s: MountSettings, g: GlobalSettings) -> None:
         creating = creating and server.header is None
     secret = None if (s.no_auth or g.no_auth) else passcode_of(s.passcode, creating)
     mounted = _open(mounts, _request(s, secret, server))
+    if metrics is not None:
+        metrics.stats = mounted.fs.stats
     if s.compact_now and mounted.compactor is not None:
         compact_now(mounted)
     # The index and the tree are long-lived and hold no cycles: keep the cyclic collector from
@@ -426,7 +437,23 @@ def mount_and_serve(s: MountSettings, g: GlobalSettings) -> None:
     if id_map.active:
         mounted.fs.id_map = id_map
     replicated = None if server is None else _replica(s, mounted, server, logs_dir)
+    if metrics is not None and replicated is not None:
+        metrics.replication = replicated.replication
     _serve(s, mnt, logs_dir, mounts, mounted, server, replicated, encrypted=secret is not None)
+
+
+def _metrics(s: MountSettings) -> MountSource | None:
+    """--metrics: prometheus_client's HTTP server listening before anything is opened (exit 2
+    when it cannot); it serves until the process ends (a daemon thread)."""
+    if s.metrics is None:
+        return None
+    host, port = s.metrics
+    try:
+        server, source = bootstrap.build_mount_metrics(host, port)
+    except OSError as exc:
+        fail(f"--metrics: cannot listen on {host}:{port}: {exc.strerror or exc}", USAGE)
+    _log.info("metrics at http://%s:%d/metrics", host, server.port)
+    return source
 
 
 def _request(s: MountSettings, secret: bytes | None, server: Server | None) -> MountRequest:

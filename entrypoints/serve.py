@@ -19,9 +19,16 @@ from application.chain_server import ServerConfig
 from application.lock_server import LockConfig
 from domain.wire import BATCH_BYTES, BATCH_EVENTS, MAX_FRAME, ServerLimits
 from entrypoints.console import USAGE, fail, say
-from entrypoints.settings import GlobalSettings, OptionError, check_wire_level, global_settings
+from entrypoints.settings import (
+    GlobalSettings,
+    OptionError,
+    check_wire_level,
+    global_settings,
+    host_port,
+)
 
 if TYPE_CHECKING:  # the adapters load when the server is built, not with the CLI
+    from adapters.metrics import MetricsServer
     from adapters.ws_server import WsChainServer
 
 DEFAULT_DATA_DIR = Path("~/wasmer/server")
@@ -101,6 +108,7 @@ def serve(
     lock_lease: Annotated[float, typer.Option("--lock-lease", help="Seconds after a client's last message before its file locks are freed")] = 10.0,  # noqa: E501
     lock_grace: Annotated[float | None, typer.Option("--lock-grace", help="Seconds after a start during which only locks held before are granted again (default: the lease)")] = None,  # noqa: E501
     wire_encryption: Annotated[int | None, typer.Option("--wire-encryption", help="Require quantum resistant wire encryption (ML-KEM + AES-256-GCM) of at least 128, 192 or 256 bits from every client; without it plain and encrypted clients are both served (also the global --wire-encryption)")] = None,  # noqa: E501
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Expose Prometheus metrics (connections, chains, commits, bytes, lock waits) at http://HOST:PORT/metrics")] = None,  # noqa: E501
 ) -> None:  # fmt: skip
     """Run a chain server: many chains, each at ws://HOST:PORT/db/NAME. It validates every event
     (format, signatures, authorisation, timestamps) and never holds a key that decrypts."""
@@ -118,6 +126,7 @@ def serve(
         wire_encryption = settings.wire_encryption  # `wasmer-dfs --wire-encryption N serve`
     try:
         check_wire_level(wire_encryption)
+        metrics_at = None if metrics is None else host_port(metrics, "--metrics")
     except OptionError as exc:
         fail(str(exc), USAGE)
     limits = ServerLimits(
@@ -135,10 +144,27 @@ def serve(
         locks=LockConfig(lease=lock_lease, grace=lock_grace),
     )
     server = server_or_exit(data_dir, config, host, port, wire_encryption, settings)
+    exporter = None if metrics_at is None else _metrics(metrics_at, server)
     try:
         asyncio.run(run_server(server))
     except OSError as exc:
         fail(f"cannot serve on {listen}: {exc}", 1)
+    finally:
+        if exporter is not None:
+            exporter.close()
+
+
+def _metrics(at: tuple[str, int], server: WsChainServer) -> MetricsServer:
+    """--metrics: prometheus_client's HTTP server for ``server``'s counters, listening before
+    the chain server starts (exit 2 when it cannot)."""
+    from entrypoints.bootstrap import build_server_metrics
+
+    try:
+        exporter = build_server_metrics(*at, server)
+    except OSError as exc:
+        fail(f"--metrics: cannot listen on {at[0]}:{at[1]}: {exc.strerror or exc}", USAGE)
+    say(f"metrics at http://{at[0]}:{exporter.port}/metrics")
+    return exporter
 
 
 def main() -> None:

@@ -50,3 +50,16 @@ def global_settings(ctx: typer.Context | None) -> GlobalSettings:
     """The global options of this command line (the defaults when none were parsed)."""
     obj = None if ctx is None else ctx.find_object(GlobalSettings)
     return obj if obj is not None else GlobalSettings()
+
+
+def host_port(value: str, option: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port); ``OptionError`` naming ``option``
+    otherwise (a port from 0, any free one, to 65535)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise OptionError(f"{option} must be HOST:PORT, not {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or "[" in host or "]" in host:
+        raise OptionError(f"{option} must be HOST:PORT, not {value!r}")
+    return host, int(port)

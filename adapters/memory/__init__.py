@@ -5,11 +5,12 @@ They ship with the program because tests, benchmarks and tools build services on
 
 * ``Clock``: ``FakeClock`` (moves only when told);
 * ``Resolver``: ``MemoryResolver`` (names from a dict);
-* ``RedoLogFactory``: ``MemoryRedoLogFactory`` (defined in adapters/redolog.py beside the file
-  log, whose frame codec and base class it shares; re-exported here);
+* ``RedoLogFactory``: ``MemoryRedoLogFactory`` (adapters/memory/log.py; it shares the frame
+  codec, adapters/redolog_format.py, and ``LogBase``, adapters/redolog_base.py, with the file log);
 * ``LockCoordinator``: ``MemoryLockHub().coordinator()`` (the server's lock logic in process);
 * ``KernelCache``: ``MemoryKernelCache`` (records what it was told to forget);
-* ``RefusalRecord``: ``MemoryRefusalRecord`` (a list).
+* ``RefusalRecord``: ``MemoryRefusalRecord`` (a list);
+* ``ReplicaSync``: ``MemoryReplicaHub().replica()`` (replicas of a chain held in a list).
 
 ``Crypto`` has no twin here: see the ADR (tests use ``tests.fakes.FastCrypto``, the real
 algorithms with a cheap Argon2id). ``RemoteConnector`` has none either: its contract runs the
@@ -24,6 +25,7 @@ from adapters.memory.locks import MemoryCoordinator, MemoryLockHub
 from adapters.memory.log import DiskSpace, MemoryRedoLogFactory
 from adapters.memory.names import MemoryResolver
 from adapters.memory.refusals import MemoryRefusalRecord
+from adapters.memory.replica import MemoryReplicaHub, MemoryReplicaSync
 
 __all__ = [
     "DiskSpace",
@@ -33,5 +35,7 @@ __all__ = [
     "MemoryLockHub",
     "MemoryRedoLogFactory",
     "MemoryRefusalRecord",
+    "MemoryReplicaHub",
+    "MemoryReplicaSync",
     "MemoryResolver",
 ]

@@ -145,7 +145,8 @@ class ReplicaSync(abc.ABC):
     async def flush_confirmed(self) -> int:
         """Write out, seal and upload every local change made so far, wait until the server
         confirmed it, and return a server log position at or after the end of every confirmed
-        transaction of this mount (0 when it never wrote). While the server is unreachable it
+        transaction of this mount (one that never wrote may return any position it reached, 0
+        at the least). Positions returned never go back. While the server is unreachable it
         waits (raise only when the mount is going away): if it raises, the release goes on
         without the position and another mount may read older data (an error is logged)."""
 

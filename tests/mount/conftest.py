@@ -419,11 +419,19 @@ class ServerProc:
     """`wasmer-dfs serve` in a subprocess on a fixed port (so it can be killed and restarted on
     the same address and data directory); stopped by its pid."""
 
-    def __init__(self, data_dir: Path, log: Path, global_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log: Path,
+        global_args: tuple[str, ...] = (),
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.log = log
         self.global_args = global_args
+        #: more options of `serve` (e.g. --metrics HOST:PORT)
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, chain: str = "fs") -> str:
@@ -434,7 +442,7 @@ class ServerProc:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [wasmer_dfs_exe(), *self.global_args, "serve", "--listen", f"127.0.0.1:{self.port}",
-                 "--data-dir", str(self.data_dir), "--lock-lease", "2"],
+                 "--data-dir", str(self.data_dir), "--lock-lease", "2", *self.args],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + 30

@@ -178,7 +178,7 @@ async def test_a_replica_keeps_its_changes_while_the_servers_disk_is_full(
 ) -> None:
     """A full server disk is a refusal for now, not for good: the replica's changes stay
     (not counted as rejected) and go up once the server has room."""
-    from tests.server.test_replication_service import Rig, settled
+    from tests.replicas import Rig, settled
 
     servers = Servers(small_tmpfs.path / "server")
     try:

@@ -15,7 +15,7 @@ import pytest
 from adapters.clock import SystemClock
 from adapters.ws_server import WsChainServer
 from domain.fs.model import ROOT_INO, FsError
-from tests.server.test_replication_service import Rig
+from tests.replicas import Rig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
