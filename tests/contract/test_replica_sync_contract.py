@@ -32,7 +32,8 @@ def anyio_backend() -> str:
 class Side(Protocol):
     """One replica as the contract drives it: its ``ReplicaSync`` and its files."""
 
-    sync: ReplicaSync
+    @property
+    def sync(self) -> ReplicaSync: ...
 
     def write(self, name: bytes, data: bytes) -> None: ...
 
