@@ -184,7 +184,7 @@ def verdict(before: float, after: float, higher_is_better: bool, noise: float) -
 
 
 def compare_part(
-    part: str, runs: dict[str, list[dict[str, Any]]], noise: float
+    part: str, runs: dict[str, list[dict[str, Any] | None]], noise: float
 ) -> list[dict[str, Any]]:
     """Per figure of ``part``: both sides' medians over the rounds, ratio, paired ratios, verdict.
 

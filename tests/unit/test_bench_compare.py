@@ -40,7 +40,7 @@ def test_verdict_follows_the_direction_and_the_noise_band() -> None:
 
 
 def test_fsbench_figures_medians_ratio_and_paired_ratios() -> None:
-    runs = {
+    runs: dict[str, list[dict[str, Any] | None]] = {
         "before": [fsbench_report(200, 4.0, 100 * 1024), fsbench_report(100, 2.0, 100 * 1024),
                    fsbench_report(300, 3.0, 100 * 1024)],
         "after": [fsbench_report(150, 3.0, 50 * 1024), None, fsbench_report(150, 3.0, 50 * 1024)],
