@@ -139,9 +139,7 @@ def test_serve_and_replica_metrics_move_under_a_workload(
 
     mount_port = free_port()
     mnt, logdir = mounter.dirs("a")
-    mp = mounter.spawn(
-        mnt, None, server.url(), str(logdir), "--metrics", f"127.0.0.1:{mount_port}"
-    )
+    mp = mounter.spawn(mnt, None, server.url(), str(logdir), "--metrics", f"127.0.0.1:{mount_port}")
     deadline = time.monotonic() + MOUNT_TIMEOUT
     while not mp.is_mounted():
         assert mp.proc.poll() is None, mp.stderr()

@@ -80,9 +80,12 @@ def test_a_scrape_retries_when_a_new_operation_appears_meanwhile() -> None:
 
     stats = Racing()
     stats.record("read", 0.001)
-    assert scrape(MountCollector(MountSource(stats=stats)))[
-        ("wasmer_dfs_operations_total", (("op", "read"),))
-    ] == 1
+    assert (
+        scrape(MountCollector(MountSource(stats=stats)))[
+            ("wasmer_dfs_operations_total", (("op", "read"),))
+        ]
+        == 1
+    )
     assert stats.calls == 2
 
 
