@@ -21,9 +21,12 @@ import pyfuse3
 from adapters.fuse_locks import LockOps
 from application.filesystem import Attr, FileSystemService, SetAttr
 from application.locks import LockService
+from application.ports.views import NodeKind
 from application.replication import ReplicationService
 from application.stats import OperationStats
-from domain.fs.model import FsError
+from application.views import ViewService
+from application.views.builtin import default_views
+from domain.fs.model import ROOT_INO, FsError
 
 log = logging.getLogger("wasmer_dfs.fuse")
 
@@ -133,11 +136,17 @@ class FuseOperations(LockOps, pyfuse3.Operations):
         remote: ReplicationService | None = None,
         locks: LockService | None = None,
         stats: OperationStats | None = None,
+        views: ViewService | None = None,
     ) -> None:
         super().__init__()
         self.service = service
         #: what the mount has done, counted (application/stats.py; by default the service's)
         self.stats = stats if stats is not None else service.stats
+        #: the emulated files (application/views; the built-in ones unless the caller says)
+        self.views = views if views is not None else default_views(
+            service, self.stats, remote=remote, locks=locks, read_only=read_only,
+            server=getattr(remote.connector, "url", None) if remote is not None else None,
+        )  # fmt: skip
         self.committer = committer
         self.enable_writeback_cache = writeback
         self.read_only = read_only
@@ -174,6 +183,17 @@ class FuseOperations(LockOps, pyfuse3.Operations):
         e.st_ctime_ns = attr.ctime_ns
         return e
 
+    def _view_entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        """An entry of a view's: rendered on every request, never cached by the kernel."""
+        e = self.entry(attr)
+        e.entry_timeout = e.attr_timeout = 0
+        return e
+
+    def _not_views(self, *inodes: int) -> None:
+        """Names and links are not changed inside the views (only files are written)."""
+        if any(self.views.owns(i) for i in inodes):
+            raise FsError(errno.EACCES)
+
     def _writable(self) -> None:
         if self.read_only:
             raise FsError(errno.EROFS)
@@ -197,6 +217,10 @@ class FuseOperations(LockOps, pyfuse3.Operations):
     # -- handlers ------------------------------------------------------------------------------
     @_translate
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        if parent_inode == ROOT_INO or self.views.owns(parent_inode):
+            attr = self.views.lookup(parent_inode, name)
+            if attr is not None:
+                return self._view_entry(attr)
         try:
             return self._new_entry(self.service.lookup(parent_inode, name))
         except FsError as exc:
@@ -211,6 +235,8 @@ class FuseOperations(LockOps, pyfuse3.Operations):
 
     async def forget(self, inode_list: Any) -> None:
         for inode, nlookup in inode_list:
+            if self.views.owns(inode):
+                continue
             try:
                 self.service.forget(inode, nlookup)
             except Exception:  # forget has no reply: never let it stop the file system
@@ -218,11 +244,14 @@ class FuseOperations(LockOps, pyfuse3.Operations):
 
     @_translate
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
+        if self.views.owns(inode):
+            return self._view_entry(self.views.getattr(inode))
         return self.entry(self.service.getattr(inode))
 
     @_translate
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
-        self._writable()
+        if not self.views.owns(inode):
+            self._writable()
         changes = SetAttr(
             mode=attr.st_mode if fields.update_mode else None,
             uid=attr.st_uid if fields.update_uid else None,
@@ -231,6 +260,8 @@ class FuseOperations(LockOps, pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
+        if self.views.owns(inode):
+            return self._view_entry(self.views.setattr(inode, changes))
         entry = self.entry(self.service.setattr(inode, changes))
         await self._metadata_done()
         return entry
@@ -241,6 +272,7 @@ class FuseOperations(LockOps, pyfuse3.Operations):
 
     @_translate
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        self._not_views(parent_inode)
         self._writable()
         attr = self.service.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
         await self._metadata_done()
@@ -248,6 +280,7 @@ class FuseOperations(LockOps, pyfuse3.Operations):
 
     @_translate
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        self._not_views(parent_inode)
         self._writable()
         attr = self.service.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
         await self._metadata_done()
@@ -255,18 +288,21 @@ class FuseOperations(LockOps, pyfuse3.Operations):
 
     @_translate
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._not_views(parent_inode)
         self._writable()
         self.service.unlink(parent_inode, name)
         await self._metadata_done()
 
     @_translate
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._not_views(parent_inode)
         self._writable()
         self.service.rmdir(parent_inode, name)
         await self._metadata_done()
 
     @_translate
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        self._not_views(parent_inode)
         self._writable()
         attr = self.service.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
         await self._metadata_done()
@@ -277,12 +313,14 @@ class FuseOperations(LockOps, pyfuse3.Operations):
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
         flags: int, ctx: Any,
     ) -> None:  # fmt: skip
+        self._not_views(parent_inode_old, parent_inode_new)
         self._writable()
         self.service.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
         await self._metadata_done()
 
     @_translate
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        self._not_views(inode, new_parent_inode)
         self._writable()
         attr = self.service.link(inode, new_parent_inode, new_name)
         await self._metadata_done()
@@ -290,6 +328,14 @@ class FuseOperations(LockOps, pyfuse3.Operations):
 
     @_translate
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+        if self.views.owns(inode):
+            # rendered at open and read with direct I/O (sizes are what was rendered, no stale
+            # page cache); a growing file is read as a stream (no seeking, size 0: `tail -f`)
+            fh, kind = self.views.open(
+                inode, write=bool(flags & (os.O_WRONLY | os.O_RDWR)),
+                truncate=bool(flags & os.O_TRUNC),
+            )  # fmt: skip
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, nonseekable=kind is NodeKind.STREAM)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             self._writable()
         # libfuse negotiates atomic_o_trunc: O_TRUNC arrives here instead of as a setattr.
@@ -298,6 +344,9 @@ class FuseOperations(LockOps, pyfuse3.Operations):
 
     @_translate
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
+        if self.views.owns(parent_inode):
+            fh, attr = self.views.create(parent_inode, name)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True), self._view_entry(attr)
         self._writable()
         fh, attr = self.service.create(parent_inode, name, mode, ctx.uid, ctx.gid)
         await self._metadata_done()
@@ -305,12 +354,16 @@ class FuseOperations(LockOps, pyfuse3.Operations):
 
     @_translate
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        if self.views.owns_handle(fh):
+            return await self.views.read(fh, off, size)
         data = self.service.read(fh, off, size)
         self.stats.read(len(data))
         return data
 
     @_translate
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if self.views.owns_handle(fh):
+            return self.views.write(fh, off, buf)
         if self.remote is not None:
             self.remote.check_writable()
         n = self.service.write(fh, off, buf)
@@ -319,11 +372,15 @@ class FuseOperations(LockOps, pyfuse3.Operations):
 
     @_translate
     async def flush(self, fh: int) -> None:
+        if self.views.owns_handle(fh):
+            return self.views.flush(fh)
         self.service.flush(fh)
         await self._data_done()
 
     @_translate
     async def release(self, fh: int) -> None:
+        if self.views.owns_handle(fh):
+            return self.views.release(fh)
         await self.release_lock_handle(fh)
         wrote = self.service.release(fh)
         if wrote and self.committer is not None:
@@ -331,26 +388,34 @@ class FuseOperations(LockOps, pyfuse3.Operations):
 
     @_translate
     async def fsync(self, fh: int, datasync: bool) -> None:
+        if self.views.owns_handle(fh):
+            return self.views.flush(fh)
         self.service.fsync(fh)
         await self._data_done()
 
     @_translate
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if self.views.owns(inode):
+            raise FsError(errno.ENODATA)
         return self.service.getxattr(inode, name)
 
     @_translate
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        if self.views.owns(inode):
+            return []
         return self.service.listxattr(inode, privileged=ctx.uid == 0)
 
     @_translate
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         # pyfuse3 has checked XATTR_CREATE / XATTR_REPLACE through getxattr already.
+        self._not_views(inode)
         self._writable()
         self.service.setxattr(inode, name, value)
         await self._metadata_done()
 
     @_translate
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        self._not_views(inode)
         self._writable()
         self.service.removexattr(inode, name)
         await self._metadata_done()
@@ -359,11 +424,15 @@ class FuseOperations(LockOps, pyfuse3.Operations):
     # one never calls them and the kernel falls back (EOPNOTSUPP, whole-file data, read+write).
     @_translate
     async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        if self.views.owns_handle(fh):
+            raise FsError(errno.EOPNOTSUPP)
         self._writable()
         self.service.fallocate(fh, mode, offset, length)
 
     @_translate
     async def lseek(self, fh: int, offset: int, whence: int) -> int:
+        if self.views.owns_handle(fh):
+            return self.views.lseek(fh, offset, whence)
         if self.enable_writeback_cache:
             # Data may still be dirty in the kernel's page cache, where we cannot see it (the
             # kernel does not write it back before asking): ENOSYS makes the kernel answer
@@ -375,15 +444,24 @@ class FuseOperations(LockOps, pyfuse3.Operations):
     async def copy_file_range(
         self, fh_in: int, off_in: int, fh_out: int, off_out: int, length: int, flags: int
     ) -> int:
+        if self.views.owns_handle(fh_in) or self.views.owns_handle(fh_out):
+            raise FsError(errno.EXDEV)  # the caller copies with read and write instead
         self._writable()
         return self.service.copy_range(fh_in, off_in, fh_out, off_out, length, flags)
 
     @_translate
     async def opendir(self, inode: int, ctx: Any) -> int:
+        if self.views.owns(inode):
+            return self.views.opendir(inode)
         return self.service.opendir(inode)
 
     @_translate
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        if self.views.owns_handle(fh):
+            for name, attr, next_id in self.views.readdir(fh, start_id):
+                if not pyfuse3.readdir_reply(token, name, self._view_entry(attr), next_id):
+                    break
+            return
         for name, attr, next_id in self.service.readdir(fh, start_id):
             if not pyfuse3.readdir_reply(token, name, self.entry(attr), next_id):
                 break
@@ -392,6 +470,8 @@ class FuseOperations(LockOps, pyfuse3.Operations):
 
     @_translate
     async def releasedir(self, fh: int) -> None:
+        if self.views.owns_handle(fh):
+            return self.views.releasedir(fh)
         self.service.releasedir(fh)
 
     @_translate
