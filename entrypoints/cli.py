@@ -5,6 +5,7 @@ global options become ``GlobalSettings`` in typer's context (entrypoints/setting
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import shutil
@@ -124,6 +125,10 @@ def mount(
     recovery_mode: Annotated[RecoveryMode, typer.Option("--recovery-mode", help="How the file-system reacts while nominal and while recovering from a communication failure")] = RecoveryMode.READONLY_ASYNC,
     uid: Annotated[int | None, typer.Option("--uid", "-u", help="UID of the user that this file system will be mounted as: every file appears owned by this user (like sshfs -o uid=)")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", "-n", help="Same as the global --no-auth: an UNENCRYPTED file system")] = False,
+    passfile: Annotated[Path | None, typer.Option("--passfile", help="Read the passcode from the first line of FILE, which only its owner may read and write (like gocryptfs -passfile)")] = None,
+    extpass: Annotated[str | None, typer.Option("--extpass", help="Run CMD (split like a shell, run without one) and take the first line it prints as the passcode (like gocryptfs -extpass)")] = None,
+    background: Annotated[bool, typer.Option("--background", "-b", help="Run in the background: return once the file system is mounted and usable, or exit with the error; stop it with `wasmer-dfs umount MOUNT_PATH`")] = False,
+    log: Annotated[Path | None, typer.Option("--log", help="Append the logs to FILE [in the background, default: syslog / the journal through /dev/log, else LOG_PATH/daemon.out]")] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", help="Expose Prometheus metrics (operations, latencies, bytes, uploads pending, connection) at http://HOST:PORT/metrics")] = None,
 ) -> None:  # fmt: skip
     """Mounts a local or remote file system (runs until unmounted, SIGINT or SIGTERM)."""
@@ -139,7 +144,24 @@ def mount(
         allow_other=allow_other, allow_root=allow_root, impersonate_uid=impersonate_uid,
         non_empty=non_empty, temp=temp, write_back=write_back, no_auth=no_auth, metrics=metrics,
     )  # fmt: skip
+    settings = dataclasses.replace(
+        settings, passfile=None if passfile is None else passfile.expanduser().absolute(),
+        extpass=extpass, background=background,
+        log_file=None if log is None else log.expanduser().absolute(),
+    )  # fmt: skip
     mounting.mount_and_serve(settings, global_settings(ctx))
+
+
+@app.command()
+def umount(
+    mount_path: Annotated[Path, typer.Argument(help="Mount point of a wasmer-dfs file system")],
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the mount process to write out, upload and exit")] = 120.0,
+) -> None:  # fmt: skip
+    """Unmounts a wasmer-dfs file system: the mount process writes out what is buffered and
+    uploads what is pending; waits for it to exit and reports what is left."""
+    from entrypoints.unmounting import unmount
+
+    unmount(mount_path, timeout)
 
 
 @app.command()

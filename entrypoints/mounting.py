@@ -28,7 +28,7 @@ from domain.formats import Format
 from domain.fs.model import FsError, IdMap
 from domain.presets import Preset, PresetError, choose
 from domain.presets import settings as preset_settings
-from entrypoints import bootstrap
+from entrypoints import bootstrap, daemon
 from entrypoints.console import CANNOT_MOUNT, REFUSED, STOPPED, UNSAVED, USAGE, fail, say, warn
 from entrypoints.settings import GlobalSettings, OptionError, host_port
 
@@ -73,6 +73,12 @@ class MountSettings:
     temp: bool = False
     write_back: bool = False
     no_auth: bool = False
+    #: --passfile FILE / --extpass CMD: the passcode's first line from a file or a command
+    passfile: Path | None = None
+    extpass: str | None = None
+    #: --background: return once mounted, the daemon logging to log_file (--log) or syslog
+    background: bool = False
+    log_file: Path | None = None
     #: --metrics HOST:PORT: where Prometheus scrapes the mount's metrics (None: nowhere)
     metrics: tuple[str, int] | None = None
 
@@ -179,16 +185,29 @@ def checked_chain_name(url: str) -> str:
     return name
 
 
-def passcode_of(given: str | None, creating: bool) -> bytes:
-    """--passcode, else $WASMER_DFS_PASSCODE, else a prompt on a terminal (exit 2 without one)."""
-    if given is not None:
-        return given.encode()
+def passcode_of(
+    given: str | None, creating: bool, passfile: Path | None = None, extpass: str | None = None
+) -> bytes:
+    """--passcode, --passfile or --extpass (one of them), else $WASMER_DFS_PASSCODE, else a
+    prompt on a terminal (exit 2 without one); in a background daemon, what its parent read."""
+    from entrypoints.passwords import SecretError, secret_from
+
+    inherited = daemon.inherited_secret()
+    if inherited is not None:
+        return inherited
+    try:
+        secret = secret_from(given, passfile, extpass)
+    except SecretError as exc:
+        fail(str(exc), USAGE)
+    if secret is not None:
+        return secret
     env = os.environ.get(PASSCODE_ENV)
     if env is not None:
         return env.encode()
     if not sys.stdin.isatty():
         fail(
-            f"a passcode is needed: give --passcode, set {PASSCODE_ENV}, run interactively,"
+            f"a passcode is needed: give --passcode, --passfile or --extpass, set {PASSCODE_ENV},"
+            " run interactively,"
             " or use --no-auth for an unencrypted file system",
             USAGE,
         )
@@ -405,6 +424,14 @@ def mount_and_serve(s: MountSettings, g: GlobalSettings) -> None:
     mnt = _check_mount_point(s)
     logs_dir = s.logs_dir
     logs_dir.mkdir(parents=True, exist_ok=True)
+    if s.background and not daemon.is_daemon():  # the secret here (a prompt), the rest there
+        no_secret = s.no_auth or g.no_auth
+        creating_here = not (logs_dir / f"{LOCAL_CHAIN}.log").exists()
+        secret = (
+            None if no_secret else passcode_of(s.passcode, creating_here, s.passfile, s.extpass)
+        )
+        daemon.start(secret, s.log_file, logs_dir)
+    daemon.begin(s.log_file, logs_dir)
     metrics = _metrics(s)
     try:
         resolver = bootstrap.build_resolver(g)
@@ -419,7 +446,11 @@ def mount_and_serve(s: MountSettings, g: GlobalSettings) -> None:
     if s.remote is not None:
         server = _find_server(s, g, mounts, resolver, creating)
         creating = creating and server.header is None
-    secret = None if (s.no_auth or g.no_auth) else passcode_of(s.passcode, creating)
+    secret = (
+        None
+        if (s.no_auth or g.no_auth)
+        else passcode_of(s.passcode, creating, s.passfile, s.extpass)
+    )
     mounted = _open(mounts, _request(s, secret, server))
     if metrics is not None:
         metrics.stats = mounted.fs.stats
@@ -495,6 +526,7 @@ def _serve(
         kind = "encrypted" if encrypted else "unencrypted"
         where = f"{server.url}, replica: {logs_dir}" if server else f"log: {logs_dir}"
         say(f"mounted {kind} file system at {mnt} ({where})")
+        daemon.mounted(str(mnt))  # systemd's READY=1; a background mount's parent returns
 
     unsaved: str | None = None  # buffered writes a full disk kept from being saved at unmount
     try:

@@ -1,0 +1,99 @@
+"""Secrets without a terminal, as gocryptfs takes them: ``--passfile FILE`` (the file's first
+line) and ``--extpass CMD`` (the first line a command prints). One helper for every secret the
+CLI asks for (the passcode of a mount today, the passphrase of a token later).
+
+* A passfile must be a regular file that neither its group nor others may read or write (as ssh
+  refuses a private key others can read); the first line is the secret, its line end stripped.
+* An extpass command is split like a shell would split it (``shlex``) and run without a shell;
+  its standard error and input are the caller's (an askpass program may ask on the terminal).
+  It must exit 0 and print a non-empty first line.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import subprocess
+from pathlib import Path
+
+#: the longest secret read from a file or a command (a passcode is a line, not a data file)
+MAX_SECRET = 64 * 1024
+
+
+class SecretError(ValueError):
+    """A passfile or extpass that cannot give the secret (the message says why)."""
+
+
+def _first_line(data: bytes, where: str) -> bytes:
+    line = data.split(b"\n", 1)[0]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if not line:
+        raise SecretError(f"{where} gave an empty first line: no secret")
+    return line
+
+
+def read_passfile(path: Path, what: str = "passfile") -> bytes:
+    """The first line of ``path``; ``SecretError`` for a file group or others may read or
+    write, a missing file, a directory, or an empty first line."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SecretError(f"cannot open the {what} {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SecretError(f"the {what} {path} is not a regular file")
+        loose = st.st_mode & 0o077
+        if loose:
+            raise SecretError(
+                f"the {what} {path} is readable or writable by its group or others"
+                f" (mode {stat.S_IMODE(st.st_mode):04o}): make it private with"
+                f" chmod 600 {shlex.quote(str(path))}"
+            )
+        data = os.read(fd, MAX_SECRET + 1)
+    except OSError as exc:
+        raise SecretError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    return _first_line(data, f"the {what} {path}")
+
+
+def run_extpass(command: str, what: str = "extpass") -> bytes:
+    """The first line ``command`` prints (run without a shell); ``SecretError`` when it cannot
+    be run, exits non-zero, or prints nothing."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise SecretError(f"the {what} command {command!r} cannot be split: {exc}") from None
+    if not argv:
+        raise SecretError(f"the {what} command is empty")
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, check=False)
+    except OSError as exc:
+        raise SecretError(f"cannot run the {what} command {argv[0]!r}: {exc.strerror}") from None
+    if done.returncode != 0:
+        raise SecretError(f"the {what} command {command!r} exited with {done.returncode}")
+    return _first_line(done.stdout[: MAX_SECRET + 1], f"the {what} command {command!r}")
+
+
+def secret_from(
+    given: str | None, passfile: Path | None, extpass: str | None, what: str = "passcode"
+) -> bytes | None:
+    """The secret from the one source given (None: none of them, the caller falls back to the
+    environment or a prompt); ``SecretError`` for more than one source or a bad one."""
+    sources = [
+        name
+        for name, value in (("--passcode", given), ("--passfile", passfile), ("--extpass", extpass))
+        if value is not None
+    ]
+    if len(sources) > 1:
+        raise SecretError(f"give the {what} one way, not {' and '.join(sources)}")
+    if given is not None:
+        return given.encode()
+    if passfile is not None:
+        return read_passfile(passfile)
+    if extpass is not None:
+        return run_extpass(extpass)
+    return None
