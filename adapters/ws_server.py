@@ -38,7 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from adapters.redolog import validate_chain_name
+from adapters.redolog_format import validate_chain_name
 from adapters.secure_channel import PLAIN, Channel, ServerWire, WireRefused, server_handshake
 from application.chain_server import ChainHost, ChainServer, HostBroken, Peer, Refused
 from domain.secure_wire import TAG_SIZE, SecureOffer, decode_offer

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adapters.clock import FakeClock
-from adapters.redolog import MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
 from tests.fakes import FastCrypto
 from tests.tmpfs import Tmpfs, capped_tmpfs
 from tests.tmpfs import unavailable as tmpfs_unavailable

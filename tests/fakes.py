@@ -19,20 +19,53 @@ import socket
 import zlib
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from adapters.crypto import NONCE, PqCrypto
-from adapters.redolog import FRAME_HEAD, FRAME_PREFIX, FRAME_SIZE, HEADER_FIXED, U32
-from application.ports import KdfParams
+from adapters.redolog_format import FRAME_HEAD, FRAME_PREFIX, FRAME_SIZE, HEADER_FIXED, U32
+from application.ports import Crypto, KdfParams
 from domain.chain import ChainIndex, Located
 
 #: Argon2id (iterations, memory KiB, lanes) at its minimum: well under a millisecond
 FAST_KDF = (1, 8, 1)
 
 
-class FastCrypto(PqCrypto):
-    """``PqCrypto`` with the cheapest Argon2id, whatever cost the chain header records."""
+class FastCrypto(Crypto):
+    """The real primitives (``PqCrypto``, held, not inherited: a double subclasses the port) with
+    the cheapest Argon2id, whatever cost the chain header records."""
+
+    def __init__(self) -> None:
+        self.real = PqCrypto()
+
+    def random(self, n: int) -> bytes:
+        return self.real.random(n)
 
     def derive_key(self, passcode: bytes, params: KdfParams) -> bytes:
-        return super().derive_key(passcode, KdfParams(params.salt, *FAST_KDF))
+        return self.real.derive_key(passcode, KdfParams(params.salt, *FAST_KDF))
+
+    def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        return self.real.seal(key, plaintext, aad)
+
+    def open(self, key: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes:
+        return self.real.open(key, sealed, aad)
+
+    def sign_keypair(self) -> tuple[bytes, bytes]:
+        return self.real.sign_keypair()
+
+    def sign(self, secret: bytes, message: bytes) -> bytes:
+        return self.real.sign(secret, message)
+
+    def verify(self, public: bytes, message: bytes, signature: bytes) -> bool:
+        return self.real.verify(public, message, signature)
+
+    def kem_keypair(self) -> tuple[bytes, bytes]:
+        return self.real.kem_keypair()
+
+    def kem_encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
+        return self.real.kem_encapsulate(public)
+
+    def kem_decapsulate(self, secret: bytes, ciphertext: bytes) -> bytes:
+        return self.real.kem_decapsulate(secret, ciphertext)
 
 
 # ML-DSA keygen and signing draw from the OS; a process-wide memo makes them a function of
@@ -61,7 +94,7 @@ class DeterministicCrypto(FastCrypto):
 
     def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
         nonce = self.random(NONCE)
-        return nonce + self._aead(key).encrypt(nonce, plaintext, aad)
+        return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
     def sign_keypair(self) -> tuple[bytes, bytes]:
         slot = (self.seed, self._keypairs)

@@ -1,8 +1,9 @@
 """Port of the redo log (docs/adr/0003-redo-log-format.md): ``RedoLog``, the factory that opens
 and creates one per chain, ``DamagedLog`` for repair, their records and their errors.
 
-Adapters: ``adapters.redolog.FileRedoLogFactory``; twin: ``MemoryRedoLogFactory`` (see
-docs/adr/0017-ports-and-twins.md). Contract: tests/contract/test_redolog_contract.py."""
+Adapters: ``adapters.redolog.FileRedoLogFactory``; twin:
+``adapters.memory.log.MemoryRedoLogFactory`` (see docs/adr/0017-ports-and-twins.md). Contract:
+tests/contract/test_redolog_contract.py."""
 
 from __future__ import annotations
 

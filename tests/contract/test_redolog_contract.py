@@ -13,13 +13,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from adapters import redolog
-from adapters.redolog import (
-    FRAME_SIZE,
-    FileRedoLogFactory,
-    MemoryRedoLogFactory,
-    encode_header,
-)
+from adapters import redolog_format
+from adapters.memory.log import MemoryRedoLogFactory
+from adapters.redolog import FileRedoLogFactory
+from adapters.redolog_format import FRAME_SIZE, encode_header
 from application.ports import (
     DamagedSpan,
     DataRef,
@@ -448,7 +445,7 @@ class RedoLogContract:
                 self.put_raw(factory, CHAIN, bad)
                 with pytest.raises(LogHeaderError) as info:
                     factory.open(CHAIN)
-                if i >= len(redolog.LOG_MAGIC) + 6:  # body and CRC
+                if i >= len(redolog_format.LOG_MAGIC) + 6:  # body and CRC
                     assert "checksum mismatch" in str(info.value)
                 with pytest.raises(LogHeaderError):
                     factory.read_header(CHAIN)
@@ -456,7 +453,7 @@ class RedoLogContract:
 
     def test_newer_format_version_is_reported(self, factory: RedoLogFactory) -> None:
         layout, full = self.build(factory)
-        head = struct.pack("<8sHI", redolog.LOG_MAGIC, 2, len(HEADER)) + HEADER
+        head = struct.pack("<8sHI", redolog_format.LOG_MAGIC, 2, len(HEADER)) + HEADER
         newer = head + struct.pack("<I", zlib.crc32(head)) + full[layout.header_end :]
         self.put_raw(factory, CHAIN, newer)
         for call in (factory.open, factory.read_header):
@@ -486,7 +483,7 @@ class RedoLogContract:
         self, factory: RedoLogFactory, monkeypatch: pytest.MonkeyPatch, window: int
     ) -> None:
         layout, full = self.build(factory)
-        monkeypatch.setattr(redolog, "_SEARCH_CHUNK", window)
+        monkeypatch.setattr(redolog_format, "_SEARCH_CHUNK", window)
         pos = layout.positions[2][0]  # exactly one valid frame follows: the magic may straddle
         self.put_raw(factory, CHAIN, flip(full, pos + 1))
         with pytest.raises(LogCorrupt, match=f"damaged at offset {pos}"):

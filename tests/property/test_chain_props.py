@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, currently_in_test_context, event, example, g
 from hypothesis import strategies as st
 
 from adapters.clock import FakeClock
-from adapters.redolog import FRAME_PREFIX, MemoryRedoLogFactory, encode_frame, encode_header
+from adapters.memory.log import MemoryRedoLogFactory
+from adapters.redolog_format import FRAME_PREFIX, encode_frame, encode_header
 from application.compaction import Compactor
 from application.filesystem import FileSystemService, SetAttr
 from application.mount import Mounted, MountRequest, MountService

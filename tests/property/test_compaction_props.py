@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from adapters.clock import FakeClock
-from adapters.redolog import MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
 from application.filesystem import FileSystemService, SetAttr
 from application.fsck import fsck
 from application.mount import Mounted, MountRequest, MountService

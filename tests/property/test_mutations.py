@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.clock import SystemClock
-from adapters.redolog import MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
 from application.chain_server import ChainState, ServerConfig, TransactionRefused
 from application.replica_log import ReplicaLog
 from application.session import ChainIntegrityError, ChainSession, Formats

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from adapters.redolog import FileRedoLogFactory, MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
+from adapters.redolog import FileRedoLogFactory
 from application.ports import (
     DataRef,
     LogCorrupt,

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from adapters.clock import SystemClock
-from adapters.redolog import FileRedoLogFactory, MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
+from adapters.redolog import FileRedoLogFactory
 from adapters.ws_client import ChainClient
 from adapters.ws_server import WsChainServer
 from application.chain_server import ChainServer, ServerConfig

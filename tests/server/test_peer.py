@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from adapters.clock import SystemClock
-from adapters.redolog import MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
 from application.chain_server import (
     ChainHost,
     ChainServer,

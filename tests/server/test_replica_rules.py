@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from adapters.clock import SystemClock
-from adapters.redolog import MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
 from application.replica_log import ReplicaLog
 from application.session import ChainIntegrityError, ChainSession, Formats
 from application.wire_tx import split_transactions

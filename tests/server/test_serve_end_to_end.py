@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from adapters.clock import SystemClock
-from adapters.redolog import FileRedoLogFactory, MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
+from adapters.redolog import FileRedoLogFactory
 from adapters.ws_client import ChainClient
 from adapters.ws_server import WsChainServer
 from application.mount import Mounted, MountRequest, MountService

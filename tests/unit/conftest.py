@@ -12,7 +12,7 @@ import pytest
 
 from adapters.clock import FakeClock
 from adapters.crypto import PqCrypto
-from adapters.redolog import MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
 from application.filesystem import FileSystemService
 from application.fsck import fsck
 from application.mount import Mounted, MountRequest, MountService

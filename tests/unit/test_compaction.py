@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from adapters.clock import FakeClock
-from adapters.redolog import MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
 from application import checkpoint
 from application.compaction import CompactionError, Compactor
 from application.fsck import fsck, verify

@@ -10,7 +10,7 @@ import errno
 import pytest
 
 from adapters.clock import FakeClock
-from adapters.redolog import MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
 from application.fs.codec import decode_struct, encode_struct
 from application.fs.handles import HandleTable
 from application.fs.pages import PageBuffer

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from adapters.clock import FakeClock
-from adapters.redolog import MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
 from application.mount import MountRequest, MountService
 from application.ports import KdfParams
 from application.session import (

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from adapters.clock import FakeClock
-from adapters.redolog import MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
 from application.mount import Configuration, Mounted, MountRequest, MountService
 from application.session import ChainHeader, Formats, SessionError
 from domain.formats import Format

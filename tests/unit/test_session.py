@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from adapters.clock import FakeClock
-from adapters.redolog import MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
 from application.ports import LogCorrupt, LogExists
 from application.session import (
     CHAIN_KEY_OBJECT,

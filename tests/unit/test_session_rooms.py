@@ -9,7 +9,7 @@ from hashlib import sha256
 import pytest
 
 from adapters.clock import FakeClock
-from adapters.redolog import MemoryRedoLogFactory
+from adapters.memory.log import MemoryRedoLogFactory
 from application.keys import ChainKeys
 from application.payloads import PayloadMapper
 from application.ports import CryptoError
