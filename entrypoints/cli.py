@@ -29,7 +29,7 @@ app = typer.Typer(
     name="wasmer-dfs",
     help="ATE File System: an encrypted, distributed, event-sourced FUSE file system.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: every option name in full, at any width
 )

@@ -432,7 +432,7 @@ def mount_and_serve(s: MountSettings, g: GlobalSettings) -> None:
         )
         daemon.start(secret, s.log_file, logs_dir)
     daemon.begin(s.log_file, logs_dir)
-    metrics = _metrics(s)
+    metrics = _metrics(s)  # in the daemon, not in a --background parent (which only waits)
     try:
         resolver = bootstrap.build_resolver(g)
     except OptionError as exc:
