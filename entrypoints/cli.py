@@ -164,6 +164,18 @@ def umount(
     unmount(mount_path, timeout)
 
 
+@app.command("install-helpers")
+def install_helpers(
+    sbin_dir: Annotated[Path, typer.Option("--sbin-dir", help="Where mount(8) looks for mount.fuse.wasmer-dfs")] = Path("/sbin"),
+    unit_dir: Annotated[Path, typer.Option("--unit-dir", help="Where the systemd units go")] = Path("/etc/systemd/system"),
+) -> None:  # fmt: skip
+    """Installs the fstab helper (mount -t fuse.wasmer-dfs) and the systemd units
+    wasmer-dfs@.service and wasmer-dfs-serve.service for this installation."""
+    from entrypoints.helpers import install
+
+    install(sbin_dir, unit_dir)
+
+
 @app.command()
 def verify(
     ctx: typer.Context,

@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# fuse3 and what building pyfuse3 needs; git, sqlite3 and tar for the real-program tests
-SYSTEM_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv patch git sqlite3 tar tcpdump)
+# fuse3 and what building pyfuse3 needs; git, sqlite3 and tar for the real-program tests;
+# systemd for systemd-analyze (the units' test)
+SYSTEM_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv patch git sqlite3 tar tcpdump systemd)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -43,3 +44,7 @@ fi
 # pyfuse3 with the operations it lacks (locks, fallocate, lseek, copy_file_range): our patch,
 # rebuilt only when it changed (docs/adr/0006-pyfuse3-patch.md).
 bash scripts/build_pyfuse3.sh .venv
+
+# mount.fuse.wasmer-dfs (fstab, mount -t fuse.wasmer-dfs) and the systemd units
+as_root .venv/bin/wasmer-dfs install-helpers >/dev/null \
+  || echo "install: warning: wasmer-dfs install-helpers failed (fstab and systemd units)" >&2
