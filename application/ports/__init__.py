@@ -9,7 +9,8 @@ its promise, which tests/contract/ checks against every adapter and twin of the 
 * ``time``: ``Clock``;
 * ``names``: ``Resolver``;
 * ``locks``: ``LockCoordinator``, ``PendingLock``, ``HeldLocks``, ``ReplicaSync``;
-* ``remote``: ``RemoteConnector``, ``RemoteChain``, ``KernelCache``, ``RefusalRecord``.
+* ``remote``: ``RemoteConnector``, ``RemoteChain``, ``KernelCache``, ``RefusalRecord``;
+* ``views``: ``View``, ``Stream`` (emulated files) and their ``ViewNode``, ``NodeKind``.
 
 Adapters implement them; twins and test fakes subclass them too (never ``Mock``). Import from
 here (``from application.ports import Clock``) or from the module."""
@@ -64,6 +65,13 @@ from application.ports.remote import (
 from application.ports.time import (
     Clock,
 )
+from application.ports.views import (
+    NodeKind,
+    Stream,
+    View,
+    ViewNode,
+    ViewPath,
+)
 
 __all__ = [
     "Acquire",
@@ -89,6 +97,7 @@ __all__ = [
     "LogHeaderError",
     "LogNotFound",
     "LogRecord",
+    "NodeKind",
     "OpenReport",
     "PendingLock",
     "RedoLog",
@@ -102,4 +111,8 @@ __all__ = [
     "ResolveError",
     "Resolver",
     "ScannedRecord",
+    "Stream",
+    "View",
+    "ViewNode",
+    "ViewPath",
 ]
