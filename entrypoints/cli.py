@@ -192,6 +192,32 @@ def verify(
     verify_log(log_path.expanduser().resolve(), passcode, repair=repair, no_auth=no_auth)
 
 
+@app.command()
+def status(
+    mount_path: Annotated[Path, typer.Argument(help="Mount point of a wasmer-dfs file system")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON of MOUNT_PATH/.wasmer-dfs/status as it is")] = False,
+) -> None:  # fmt: skip
+    """Shows a mount's state: chain, server, connection, recovery mode, positions, pending
+    uploads, log size, last compaction (from MOUNT_PATH/.wasmer-dfs/status)."""
+    from entrypoints.viewing import show_status
+
+    show_status(mount_path, as_json)
+
+
+@app.command()
+def stats(
+    mount_path: Annotated[Path, typer.Argument(help="Mount point of a wasmer-dfs file system")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one snapshot of the counters as JSON and exit")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between lines")] = 1.0,
+    count: Annotated[int | None, typer.Option("--count", help="Stop after this many lines (default: until Ctrl-C)")] = None,
+) -> None:  # fmt: skip
+    """Shows a mount's operations live, a line per interval: operations and errors, bytes read
+    and written, the busiest operations with their mean latency (from .wasmer-dfs/stats)."""
+    from entrypoints.viewing import show_stats
+
+    show_stats(mount_path, as_json, interval, count)
+
+
 # --- commands later issues build ----------------------------------------------------------------
 @user_app.command("create")
 def user_create() -> None:
