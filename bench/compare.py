@@ -13,8 +13,13 @@ then imports that tree's code. Before any run, each side checks where ``applicat
 ``entrypoints.cli`` and ``bench`` are imported from (as the console script would) and refuses to
 go on if it is not that tree; the JSON keeps the paths.
 
-Every part runs ``--rounds`` times per side, the sides taking turns (round 1 before, round 1
-after, round 2 before, ...), so that a slow minute of a shared machine falls on both alike. The
+Every part runs ``--rounds`` times per side, the sides taking turns, so that a slow minute of a
+shared machine falls on both alike. With ``--order abba`` (the default) the side that goes first
+alternates from round to round (before, after; after, before; before, after ...), so that load
+that grows or shrinks during the run does not favour the side that always goes first; ``--order
+abab`` keeps before first in every round. Besides each part's own figures, the CPU time of each
+run (user + system of the benchmark and every process it started and waited for: mounts, servers,
+workers) is a figure of its own, less sensitive to other work on the machine than wall times. The
 report has, per figure, the median over the rounds of each side, the ratio after/before of the
 medians, which direction is better, the paired ratios of each round, and a verdict: "better" or
 "worse" when the medians differ by more than ``--noise`` (10 %), else "same". The load average at
@@ -31,6 +36,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -173,6 +179,21 @@ FIGURES: dict[str, Callable[[dict[str, Any]], list[Figure]]] = {
 }
 
 
+def cpu_figure(part: str) -> Figure:
+    """The CPU time of a whole run, which ``run_part`` adds to the part's report."""
+    return Figure(
+        part, "cpu_s", "CPU time of the run (user+sys, all its processes)", "s", False,
+        _path("bench_compare", "cpu_s"),
+    )  # fmt: skip
+
+
+def round_order(rnd: int, order: str) -> tuple[str, ...]:
+    """Which side goes first in round ``rnd`` (0-based): always before ("abab"), or alternating."""
+    if order == "abba" and rnd % 2 == 1:
+        return tuple(reversed(SIDES))
+    return SIDES
+
+
 def verdict(before: float, after: float, higher_is_better: bool, noise: float) -> str:
     """'better', 'worse' or 'same' (the medians within ``noise``, a fraction, of each other)."""
     if before == 0:
@@ -195,7 +216,7 @@ def compare_part(
     if not reports:
         return []
     rows: list[dict[str, Any]] = []
-    for fig in FIGURES[part](reports[0]):
+    for fig in [*FIGURES[part](reports[0]), cpu_figure(part)]:
         values = {side: [fig.get(r) if r else None for r in runs.get(side, [])] for side in SIDES}
         row: dict[str, Any] = {
             "part": part,
@@ -303,6 +324,7 @@ def run_part(
         cmd += ["--wasmer-dfs-cmd", str(Path(sys.executable).parent / "wasmer-dfs")]
     rec: dict[str, Any] = {"cmd": cmd, "cwd": str(tree), "load_start": os.getloadavg()}
     t0 = time.time()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "wb") as f:
         proc = subprocess.Popen(
             cmd, cwd=tree, env=side_env(tree), stdin=subprocess.DEVNULL, stdout=f, stderr=f
@@ -315,12 +337,18 @@ def run_part(
         except BaseException:
             terminate(proc, 120)
             raise
-    rec.update(exit=code, seconds=round(time.time() - t0, 1), load_end=os.getloadavg())
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    rec.update(
+        exit=code, seconds=round(time.time() - t0, 1), cpu_s=round(cpu, 2),
+        load_end=os.getloadavg(),
+    )  # fmt: skip
     rec["log"] = str(log)
     if code != 0 or not out_json.exists():
         rec["error"] = f"exit {code}; see {log}"
         return None, rec
     report: dict[str, Any] = json.loads(out_json.read_text())
+    report["bench_compare"] = {"cpu_s": cpu, "wall_s": time.time() - t0}
     return report, rec
 
 
@@ -372,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
             default=DEFAULT_ARGS[part],
             help=f"options for bench.{part} (default: {DEFAULT_ARGS[part]!r})",
         )
+    ap.add_argument(
+        "--order", choices=("abba", "abab"), default="abba",
+        help="abba: the side that goes first alternates by round (default); abab: before first",
+    )  # fmt: skip
     ap.add_argument("--noise", type=float, default=0.10, help="'same' within this fraction (0.10)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run (1800)")
     ap.add_argument("--json", type=Path, help="write both sides, ratios and raw reports here")
@@ -411,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             "parts": parts,
             "args": {p: extras[p] for p in parts},
             "noise": args.noise,
-            "order": "per round and part: before, then after",
+            "order": args.order,
             "python": sys.executable,
         },
         "sides": {},
@@ -431,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                 note(f"{side}: {info.get('commit', '?')[:12]} in {info['tree']}")
             for rnd in range(args.rounds):
                 for part in parts:
-                    for side in SIDES:
+                    for side in round_order(rnd, args.order):
                         tag = f"{part}-{side}-{rnd + 1}"
                         note(f"round {rnd + 1}/{args.rounds}: {part}, {side} ...")
                         report, rec = run_part(
@@ -442,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                         result["runs"].append(rec)
                         result["raw"][part][side].append(report)
                         note(
-                            f"  {rec['seconds']} s, exit {rec['exit']}, load average"
+                            f"  {rec['seconds']} s ({rec['cpu_s']} s CPU), exit {rec['exit']},"
+                            " load average"
                             f" {rec['load_start'][0]:.2f} -> {rec['load_end'][0]:.2f}"
                         )
                         if report is None:

@@ -30,6 +30,22 @@ def fsbench_report(seq_mbs: float, tar_s: float, peak_kib: int) -> dict[str, Any
     }
 
 
+def test_cpu_time_of_the_runs_is_a_figure_and_the_first_side_alternates() -> None:
+    def rep(cpu: float) -> dict[str, Any]:
+        return {"propagation": {}, "bench_compare": {"cpu_s": cpu}}
+
+    rows = compare.compare_part(
+        "replication", {"before": [rep(10), rep(12)], "after": [rep(13), rep(15)]}, noise=0.1
+    )
+    (cpu,) = [r for r in rows if r["key"] == "cpu_s"]
+    assert (cpu["before"]["median"], cpu["after"]["median"]) == (11, 14)
+    assert cpu["verdict"] == "worse" and not cpu["higher_is_better"]
+    assert [compare.round_order(r, "abba")[0] for r in range(4)] == [
+        "before", "after", "before", "after"
+    ]  # fmt: skip
+    assert {compare.round_order(r, "abab") for r in range(3)} == {("before", "after")}
+
+
 def test_verdict_follows_the_direction_and_the_noise_band() -> None:
     assert compare.verdict(100, 120, higher_is_better=True, noise=0.1) == "better"
     assert compare.verdict(100, 120, higher_is_better=False, noise=0.1) == "worse"
@@ -46,7 +62,8 @@ def test_fsbench_figures_medians_ratio_and_paired_ratios() -> None:
         "after": [fsbench_report(150, 3.0, 50 * 1024), None, fsbench_report(150, 3.0, 50 * 1024)],
     }  # fmt: skip
     rows = {r["key"]: r for r in compare.compare_part("fsbench", runs, noise=0.1)}
-    assert list(rows) == ["seq_write", "untar", "peak_rss"]  # a figure no side has is left out
+    # a figure no side has is left out; the run's CPU time is one more
+    assert list(rows) == ["seq_write", "untar", "peak_rss", "cpu_s"]
     seq = rows["seq_write"]
     assert seq["before"]["median"] == 200
     assert seq["after"] == {"median": 150, "rounds": [150, None, 150]}
