@@ -21,7 +21,14 @@ import pytest
 from entrypoints.daemon import RECORD_NAME
 from entrypoints.unmounting import running
 
-from .conftest import EXIT_TIMEOUT, MOUNT_TIMEOUT, Mounter, fuse_mounts_under, wasmer_dfs_exe
+from .conftest import (
+    EXIT_TIMEOUT,
+    MOUNT_TIMEOUT,
+    Mounter,
+    ServerProc,
+    fuse_mounts_under,
+    wasmer_dfs_exe,
+)
 
 PASSCODE = "correct horse battery staple"
 
@@ -190,4 +197,22 @@ def test_umount_of_a_foreground_mount(mounter: Mounter, daemons: Daemons) -> Non
     assert r.returncode == 0, r.stderr
     assert "not started with --background" in r.stderr
     assert mp.wait() == 0
+    assert not os.path.ismount(mnt)
+
+
+def test_umount_reports_what_did_not_reach_the_server(
+    tmp_path: Path, mounter: Mounter, daemons: Daemons, server: ServerProc
+) -> None:
+    mnt, logdir = mounter.dirs()
+    daemons.logdirs.append(logdir)
+    r = daemons.run(
+        "mount", "--background", str(mnt), server.url(), str(logdir), "--passcode", PASSCODE,
+        "--recovery-mode", "async", "--log", str(tmp_path / "d.log"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    server.stop()  # writes from now on stay local
+    (mnt / "offline.txt").write_text("not on the server")
+    u = daemons.run("umount", str(mnt))
+    assert u.returncode == 0, u.stderr
+    assert "chain server" in u.stderr and "with the warnings above" in u.stderr, u.stderr
     assert not os.path.ismount(mnt)
