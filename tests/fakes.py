@@ -1,6 +1,7 @@
 """Test doubles that subclass the ports (never ``unittest.mock``), and log surgery for tests.
 
-* ``FastCrypto``: the real AES-256-GCM and ML-DSA-65, but Argon2id at the smallest cost whatever
+* ``FastCrypto``: the real AES-256-GCM, ML-DSA-65 and ML-KEM-768 (a ``PqCrypto`` it holds), but
+  Argon2id at the smallest cost whatever
   the header asks for. Salt and passcode still go through Argon2id, so a wrong passcode or a
   different salt still gives another key; only the time spent changes.
 * ``DeterministicCrypto``: ``FastCrypto`` whose randomness (keys, nonces, chain ids, signing
