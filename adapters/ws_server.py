@@ -1,6 +1,7 @@
 """The chain server on websockets (asyncio): one connection per client at ``/db/<chain>``.
 
-The protocol logic is ``application.chain_server`` (sans I/O); this adapter moves frames:
+The protocol logic is ``application.chain_server`` and its rooms (``Peer`` in
+``application.server_peer``; sans I/O); this adapter moves frames:
 
 * a *reader* per connection decodes frames and hands them to the connection's ``Peer``; it stops
   reading while the client owes itself too many answers (``max_pending_commits``), so a client
@@ -40,7 +41,10 @@ from websockets.http11 import Request, Response
 
 from adapters.redolog_format import validate_chain_name
 from adapters.secure_channel import PLAIN, Channel, ServerWire, WireRefused, server_handshake
-from application.chain_server import ChainHost, ChainServer, HostBroken, Peer, Refused
+from application.chain_admission import Refused
+from application.chain_host import ChainHost, HostBroken
+from application.chain_server import ChainServer
+from application.server_peer import Peer
 from domain.secure_wire import TAG_SIZE, SecureOffer, decode_offer
 from domain.wire import Commit, Fatal, Hello, WireError, decode_client, encode
 

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from adapters.clock import SystemClock
 from adapters.memory.log import MemoryRedoLogFactory
-from application.chain_server import ChainState, ServerConfig, TransactionRefused
+from application.chain_admission import ChainState, TransactionRefused
+from application.chain_server import ServerConfig
 from application.replica_log import ReplicaLog
 from application.session import ChainIntegrityError, ChainSession, Formats
 from application.wire_tx import split_transactions

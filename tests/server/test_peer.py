@@ -1,5 +1,5 @@
-"""The server's protocol logic without sockets (application/chain_server.py): what a connection
-is sent and when, over an in-memory log."""
+"""The server's protocol logic without sockets (application/server_peer.py over the chain host
+and server): what a connection is sent and when, over an in-memory log."""
 
 from __future__ import annotations
 
@@ -7,15 +7,11 @@ import pytest
 
 from adapters.clock import SystemClock
 from adapters.memory.log import MemoryRedoLogFactory
-from application.chain_server import (
-    ChainHost,
-    ChainServer,
-    HostBroken,
-    Peer,
-    Refused,
-    ServerConfig,
-)
+from application.chain_admission import Refused
+from application.chain_host import ChainHost, HostBroken
+from application.chain_server import ChainServer, ServerConfig
 from application.ports import LogRecord
+from application.server_peer import Peer
 from domain.wire import (
     Commit,
     CommitError,

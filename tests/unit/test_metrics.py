@@ -13,8 +13,9 @@ from prometheus_client.registry import Collector
 from adapters.clock import SystemClock
 from adapters.memory.log import MemoryRedoLogFactory
 from adapters.metrics import MetricsServer, MountCollector, MountSource, ServerCollector
-from application.chain_server import ChainServer, Peer, ServerConfig
+from application.chain_server import ChainServer, ServerConfig
 from application.lock_server import LockConfig
+from application.server_peer import Peer
 from application.server_stats import ServerStats
 from application.stats import OperationStats
 from domain.wire import Commit, Hello, Lock
