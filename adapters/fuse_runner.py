@@ -2,6 +2,12 @@
 
 The file system is unmounted and its log written out and closed on every way out: a clean
 ``fusermount3 -u``, SIGINT/SIGTERM, or an error.
+
+This module is the FUSE and OS side only: the event loop, the signals, ``pyfuse3.main``, the
+mount options and read-ahead. What runs beside serving, and when it acts (the idle commit,
+compaction, the check of the log before a checkpoint, NTP, a replica's first sync and last
+upload), is application policy in application/maintenance.py; the runner starts it at the right
+moments. ``NotSynced`` and ``PrefixDamaged`` are defined there and still importable from here.
 """
 
 from __future__ import annotations
@@ -12,31 +18,34 @@ import logging
 import os
 import re
 import signal
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyfuse3
 import pyfuse3.asyncio
 
-from adapters.fuse_ops import FuseOperations, GroupCommitter, disk_full
+from adapters.fuse_ops import FuseOperations, GroupCommitter
 from adapters.ntp import ClockSyncError, NtpClock
-from application.checkpoint import check_prefix
 from application.compaction import Compactor
 from application.filesystem import FileSystemService
 from application.locks import LockService
-from application.ports import KernelCache, LogError
+from application.maintenance import (
+    CommitTicker,
+    CompactionSchedule,
+    NotSynced,
+    PrefixDamaged,
+    first_sync,
+    keep_clock_synced,
+    scrub_prefix,
+    upload_before_unmount,
+)
+from application.ports import KernelCache
 from application.replication import ReplicationService
-from domain.compaction import live_estimate, worth_compacting
+
+__all__ = ["NotSynced", "PrefixDamaged", "Replicated", "fuse_options", "raise_read_ahead", "run"]
 
 log = logging.getLogger("wasmer_dfs.fuse")
 
-TICK_SECONDS = 0.25
-IDLE_COMMIT_SECONDS = 1.0
-COMPACT_CHECK_SECONDS = 1.0
-NTP_RESYNC_SECONDS = 20.0
-#: a due compaction waits for a second without requests, at most this long
-COMPACT_OVERDUE_SECONDS = 30.0
 #: Kernel read-ahead for the mount (KiB). FUSE starts at 128 KiB, so a sequential read arrives as
 #: 128 KiB requests; 1 MiB (the largest request the kernel sends) quarters their number.
 READ_AHEAD_KB = 1024
@@ -92,70 +101,6 @@ async def raise_read_ahead(
         log.debug("read-ahead of %s stays as it was: %s", mountpoint, exc)
 
 
-async def _ticker(service: FileSystemService) -> None:
-    full = False  # the disk under the log is full: said once, not every tick
-    while True:
-        await asyncio.sleep(TICK_SECONDS)
-        try:
-            service.tick(IDLE_COMMIT_SECONDS)
-        except Exception as exc:
-            if not disk_full(exc):
-                log.exception("background commit failed")
-            elif not full:
-                full = True
-                log.warning(
-                    "the disk under the log is full (%s): buffered writes wait for room;"
-                    " free space on that disk",
-                    exc,
-                )
-        else:
-            if full:
-                full = False
-                log.warning("the disk under the log has room again")
-
-
-async def compact_in_background(compactor: Compactor) -> None:
-    """One compaction: the heavy part in a worker thread while the file system keeps serving,
-    the switch to the new log on the loop (see application/compaction.py). Cancelling it (at
-    unmount) stops the worker and leaves the old log as it was."""
-    loop = asyncio.get_running_loop()
-    try:
-        job = compactor.begin()
-    except Exception:
-        log.exception("compaction could not start")
-        return
-
-    def work() -> None:
-        job.build()
-        job.catch_up()
-
-    fut = loop.run_in_executor(None, work)
-    try:
-        await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        job.cancel()
-        with contextlib.suppress(BaseException):
-            await fut
-        compactor.failed(job)
-        raise
-    except Exception:
-        log.exception("compaction failed; the log is unchanged")
-        compactor.failed(job)
-        return
-    try:
-        r = compactor.finish(job, save_checkpoint=False)
-        blob = compactor.encode_checkpoint()
-    except Exception:
-        log.exception("compaction failed")
-        return
-    if blob is not None:  # written and fsynced off the loop: the bytes no longer change
-        await loop.run_in_executor(None, compactor.write_checkpoint, blob)
-    log.info(
-        "compacted the log: %d -> %d bytes, %d of %d events kept (%d written meanwhile), %.2f s",
-        r.before, r.after, r.kept, r.events, r.tail_events, r.seconds,
-    )  # fmt: skip
-
-
 def _terminate() -> None:
     """``pyfuse3.terminate``, again a moment later when it races with a request that just
     arrived (pyfuse3's asyncio shim then sets an exception on an already completed future)."""
@@ -163,16 +108,6 @@ def _terminate() -> None:
         pyfuse3.terminate()
     except asyncio.InvalidStateError:
         asyncio.get_running_loop().call_later(0.01, _terminate)
-
-
-async def _keep_clock_synced(clock: NtpClock, every: float = NTP_RESYNC_SECONDS) -> None:
-    """Query the NTP pool again now and then (off the loop), as the original did (~20 s)."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await asyncio.to_thread(clock.sync)
-        except ClockSyncError as exc:
-            log.debug("NTP re-synchronisation failed (the last offset stays): %s", exc)
 
 
 @dataclass(slots=True)
@@ -188,11 +123,6 @@ class Replicated:
     #: mount only once caught up with the server, or ``first_sync_timeout`` passed (None: wait)
     wait_first_sync: bool = False
     first_sync_timeout: float | None = None
-
-
-class NotSynced(Exception):
-    """The mount was stopped before the file system was mounted: for a new replica, before it
-    caught up with the chain server."""
 
 
 #: the signals that stop a mount (Ctrl-C, kill, the terminal closing)
@@ -225,97 +155,6 @@ def _ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
             signal.signal(sig, signal.SIG_IGN)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-async def _first_sync(
-    replication: ReplicationService, timeout: float | None, stop: asyncio.Event
-) -> None:
-    """Wait until the replica has caught up with the server (a new replica has no tree to show
-    before; ``timeout`` None: wait for it); ``stop`` (SIGINT/SIGTERM) gives up."""
-    synced = asyncio.create_task(replication.wait_synced())
-    stopped = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait((synced, stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in (synced, stopped):
-            t.cancel()
-    if replication.has_synced:
-        return
-    if not stop.is_set() and timeout is not None:
-        log.warning("the chain server did not answer within %.0f s: mounted disconnected", timeout)
-        return
-    raise NotSynced(replication.state.last_error or "stopped before the first sync")
-
-
-async def _upload_before_unmount(replication: ReplicationService, timeout: float) -> None:
-    """At unmount, give what was written locally a chance to reach the server."""
-    if not replication.state.connected:
-        if replication.replica.pending:
-            log.warning(
-                "unmounted with %d transactions not yet on the chain server (they go up at the"
-                " next mount)", replication.replica.pending,
-            )  # fmt: skip
-        return
-    try:
-        await asyncio.wait_for(replication.flush_confirmed(), timeout)
-    except Exception as exc:
-        log.warning("not everything reached the chain server before unmount: %s", exc)
-
-
-class PrefixDamaged(Exception):
-    """The part of the log a checkpointed open skipped is damaged: the mount was stopped."""
-
-
-async def _scrub(service: FileSystemService, until: int, failures: list[str]) -> None:
-    """Check the frames of the log before ``until`` (skipped by an open from a checkpoint) in
-    a worker thread; on damage, say so and stop the mount, as an open would have refused it."""
-    loop = asyncio.get_running_loop()
-    scrubbed = service.session.log
-    stopping = threading.Event()
-    try:
-        n = await loop.run_in_executor(None, check_prefix, scrubbed, until, stopping.is_set)
-    except asyncio.CancelledError:
-        stopping.set()
-        raise
-    except LogError as exc:
-        if service.session.log is not scrubbed:
-            return  # a compaction replaced the log meanwhile (and read all of it)
-        failures.append(str(exc))
-        log.error("%s", exc)
-        _terminate()
-        return
-    log.debug("checked the %d records before the checkpoint", n)
-
-
-async def _compaction_checks(
-    compactor: Compactor,
-    clock: Callable[[], float],
-    live_bytes: Callable[[], int],
-    requests: Callable[[], int],
-) -> None:
-    """Compact when the policy says so and it would reclaim enough (``worth_compacting``: a log
-    that only grew with new data is left alone), at a quiet moment: a compaction competes with
-    the requests it would interrupt for both cores, the disk and the GIL. It waits while the
-    file system serves requests, at most ``COMPACT_OVERDUE_SECONDS``."""
-    due_since: float | None = None
-    served = requests()
-    while True:
-        await asyncio.sleep(COMPACT_CHECK_SECONDS)
-        busy, served = requests() != served, requests()
-        try:
-            due = compactor.due() and worth_compacting(compactor.session.log.size(), live_bytes())
-        except Exception:
-            log.exception("compaction check failed")
-            continue
-        if not due:
-            due_since = None
-            continue
-        now = clock()
-        due_since = now if due_since is None else due_since
-        if not busy or now - due_since >= COMPACT_OVERDUE_SECONDS:
-            due_since = None
-            await compact_in_background(compactor)
-            served = requests()
 
 
 def run(
@@ -356,19 +195,25 @@ def run(
         replicating = asyncio.create_task(replication.run()) if replication is not None else None
         try:
             if replicated is not None and replication is not None and replicated.wait_first_sync:
-                await _first_sync(replication, replicated.first_sync_timeout, stop.requested)
+                await first_sync(replication, replicated.first_sync_timeout, stop.requested)
             if stop.requested.is_set():
                 raise NotSynced("stopped before the file system was mounted")
             await serve()
         finally:
             if replication is not None and replicating is not None:
-                await _upload_before_unmount(replication, 10.0)
+                await upload_before_unmount(replication)
                 await replication.stop()
                 replicating.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await replicating
             if locks is not None:
                 await locks.close()
+
+    async def scrub(until: int) -> None:
+        damage = await scrub_prefix(service, until)
+        if damage is not None:  # stop the mount, as an open would have refused the log
+            failures.append(damage)
+            _terminate()
 
     async def serve() -> None:
         committer = GroupCommitter(service)
@@ -390,25 +235,17 @@ def run(
             replication.kernel = replicated.kernel
         tasks = [asyncio.create_task(committer.run())]
         if isinstance(service.clock, NtpClock):
-            tasks.append(asyncio.create_task(_keep_clock_synced(service.clock)))
+            tasks.append(asyncio.create_task(keep_clock_synced(service.clock.sync, ClockSyncError)))
         tasks.append(asyncio.create_task(raise_read_ahead(mountpoint, ops.initialized)))
         if not read_only:
-            tasks.append(asyncio.create_task(_ticker(service)))
+            tasks.append(asyncio.create_task(CommitTicker(service).run()))
             if compactor is not None:
-                tasks.append(
-                    asyncio.create_task(
-                        _compaction_checks(
-                            compactor,
-                            service.clock.monotonic,
-                            lambda: live_estimate(
-                                service.view.page_bytes, len(service.session.index.objects)
-                            ),
-                            lambda: ops.requests,
-                        )
-                    )
+                schedule = CompactionSchedule(
+                    compactor, service, service.clock, lambda: ops.requests
                 )
+                tasks.append(asyncio.create_task(schedule.run()))
         if unchecked_until is not None:
-            tasks.append(asyncio.create_task(_scrub(service, unchecked_until, failures)))
+            tasks.append(asyncio.create_task(scrub(unchecked_until)))
         try:
             on_mounted()
             stop.serving = True  # a signal queued meanwhile is handled once main() runs
