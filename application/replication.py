@@ -16,6 +16,12 @@ the FUSE loop - keeps the replica and the server's chain in step:
 
 The recovery modes of the manual decide what waits for the server and what a disconnected mount
 may still do (``RecoveryMode``).
+
+What an applied transaction changes beyond the log (kernel invalidation, conflict copies) is in
+application/replica_effects.py. The module stays about 520 lines because down and up are one
+job: they share the connection, the batch in flight and the conditions that order them (an
+upload counts only once the stream has passed its ``Confirmed``), so split apart they would
+reach into each other's state.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from application.filesystem import FileSystemService, decode_struct
+from application.filesystem import FileSystemService
 from application.ports import (
     CommitRejected,
     KernelCache,
@@ -39,12 +45,13 @@ from application.ports import (
     RemoteError,
     ReplicaSync,
 )
+from application.replica_effects import ConflictCopies, invalidate, names_before
 from application.replica_log import ForgedHistory, ReplicaLog
 from application.session import ChainIntegrityError, ChainSession
 from domain.chain import Located, TimestampValidator, Transaction, event_key
 from domain.errors import DomainError
-from domain.events import Chunk, EventHeader, Parent, Tombstone, Type
-from domain.fs.model import TYPE_DENTRY, TYPE_INODE, TYPE_PAGE, FsError, InodeData
+from domain.events import EventHeader
+from domain.fs.model import FsError
 from domain.wire import (
     DISK_FULL_REASON,
     Confirmed,
@@ -158,8 +165,8 @@ class ReplicationService(ReplicaSync):
         replica.on_local = self.local_changed
         fs.replicated = True
         self._resynced: set[str] = set()
-        #: file -> the conflict copy made of another replica's version of it
-        self._conflicts: dict[int, int] = {}
+        #: the conflict copies made of other replicas' versions of files changed here too
+        self._conflicts = ConflictCopies(session, fs)
 
     # -- what the file system asks ---------------------------------------------------------------
     def check_writable(self) -> None:
@@ -382,16 +389,19 @@ class ReplicationService(ReplicaSync):
             self._attest_from = self.session.clock.monotonic()
             await self._notify()
             return
-        before = self._names(headers)
+        before = names_before(self.fs, headers)
         offline = {k for k in map(event_key, headers[:-1]) if k and self.replica.changed_offline(k)}
         tx = self.replica.append_remote(records, headers, end)
         self.state.stats.applied += 1
         self.state.stats.shadowed += len(tx.events) - len(tx.applied)
         if offline & tx.skipped:
-            self._keep_theirs(tx, offline & tx.skipped, end)
+            self._conflicts.keep_theirs(tx, offline & tx.skipped, end, self._count_conflict)
         if tx.applied:
-            await self._invalidate(tx, before)
+            await invalidate(self.fs, self.kernel, tx, before)
         await self._notify()
+
+    def _count_conflict(self) -> None:
+        self.state.stats.conflicts += 1
 
     def _check_clock(self, headers: Sequence[EventHeader]) -> None:
         if self.clock_tolerance_ms is None:
@@ -407,76 +417,6 @@ class ReplicationService(ReplicaSync):
                 f" {self.clock_tolerance_ms / 1000:g} s ahead of this clock; it is accepted"
                 " once its time comes)"
             ) from None
-
-    def _keep_theirs(self, tx: Transaction, keys: set[int], end: int) -> None:
-        """Both sides changed a file while disconnected; the server orders this replica's
-        change later, so its version keeps the name: theirs is kept as a conflict copy."""
-        theirs: dict[int, InodeData | None] = {}
-        pages: dict[int, dict[int, bytes]] = {}
-        for ev in tx.events:
-            hd = ev.header
-            key = event_key(hd)
-            if key not in keys or hd.find(Tombstone) is not None:
-                continue
-            typ, parent, chunk = hd.find(Type), hd.find(Parent), hd.find(Chunk)
-            payload = self.session.read_payload(hd, ev.locator)
-            if typ is not None and typ.name == TYPE_INODE:
-                theirs[key] = decode_struct(payload, InodeData)
-            elif typ is not None and typ.name == TYPE_PAGE and parent and chunk:
-                theirs.setdefault(parent.parent, None)
-                pages.setdefault(parent.parent, {})[chunk.index] = payload
-        for ino, inode in theirs.items():
-            self.fs.flush_file(ino)
-            copy = self.fs.conflict_copy(
-                ino, inode, pages.get(ino, {}), f"{end:x}", into=self._conflicts.get(ino)
-            )
-            if copy is not None:
-                self._conflicts[ino] = copy
-                self.state.stats.conflicts += 1
-                log.warning(
-                    "file %d was changed here and on another replica while disconnected: this"
-                    " version keeps its name, the other one is kept as a conflict copy", ino
-                )  # fmt: skip
-        self.session.commit()
-
-    def _names(self, headers: Sequence[EventHeader]) -> set[tuple[int, bytes]]:
-        """The names (directory, name) the dentries of a transaction have before it applies."""
-        out: set[tuple[int, bytes]] = set()
-        for hd in headers:
-            key = event_key(hd)
-            if key is not None:
-                d = self.fs.view.dentries.get(key)
-                if d is not None:
-                    out.add((d[0], d[1]))
-        return out
-
-    async def _invalidate(self, tx: Transaction, before: set[tuple[int, bytes]]) -> None:
-        view = self.fs.view
-        entries = set(before)
-        inodes: set[int] = {parent for parent, _ in before}
-        for ev in tx.applied:
-            hd = ev.header
-            key = event_key(hd)
-            if key is None:
-                continue
-            typ = hd.find(Type)
-            parent = hd.find(Parent)
-            if typ is not None and typ.name == TYPE_DENTRY:
-                d = view.dentries.get(key)
-                if d is not None:
-                    entries.add((d[0], d[1]))
-                    inodes.add(d[0])
-                    inodes.add(d[2])
-                elif parent is not None:
-                    inodes.add(parent.parent)
-            elif typ is not None and typ.name == TYPE_INODE:
-                inodes.add(key)
-            elif parent is not None:
-                inodes.add(parent.parent)  # a page or the extended attributes of an inode
-        for ino in inodes:
-            self.fs.forget_cached(ino)
-        if self.kernel is not None:
-            await self.kernel.invalidate(inodes, entries)
 
     # -- up --------------------------------------------------------------------------------------
     async def _upload_loop(self, remote: RemoteChain) -> None:
@@ -581,8 +521,7 @@ class ReplicationService(ReplicaSync):
             self.replica.mark_uploaded(upto, msg.end, hashes)
             self._attest_from = self.session.clock.monotonic()
             self.state.stats.uploaded += 1
-            if self._conflicts:  # conflicts end when this replica's change is in the chain
-                self._conflicts = {f: c for f, c in self._conflicts.items() if self.replica.busy(f)}
+            self._conflicts.settle(self.replica.busy)
         else:
             self.replica.note_remote_position(msg.end)
         await self._notify()
