@@ -21,6 +21,7 @@ import pyfuse3
 from adapters.fuse_locks import LockOps
 from application.filesystem import Attr, FileSystemService, SetAttr
 from application.locks import LockService
+from application.maintenance import DISK_FULL, disk_full
 from application.ports.views import NodeKind
 from application.replication import ReplicationService
 from application.stats import OperationStats
@@ -86,15 +87,6 @@ def _detail(args: tuple[Any, ...]) -> str:
         elif isinstance(a, bytes):
             parts.append(os.fsdecode(a))
     return " ".join(parts)
-
-
-#: errors of a full disk (or quota): passed on to the caller as they are, not as EIO
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` says the disk under the log is full (``FsError`` or ``OSError``)."""
-    return isinstance(exc, FsError | OSError) and exc.errno in DISK_FULL
 
 
 class GroupCommitter:

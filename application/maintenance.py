@@ -49,7 +49,7 @@ COMPACT_OVERDUE_SECONDS = 30.0
 #: at unmount, what a replica wrote gets this long to reach the chain server
 UNMOUNT_UPLOAD_SECONDS = 10.0
 
-#: errors of a full disk (or quota)
+#: errors of a full disk (or quota); the FUSE adapter passes them on as they are, not as EIO
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
