@@ -26,6 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from application.compaction import Compactor
 from application.replication import ReplicationService
 from application.server_stats import ServerStats
 from application.stats import OperationStats
@@ -54,6 +55,7 @@ class MountSource:
 
     stats: OperationStats | None = None
     replication: ReplicationService | None = None
+    compactor: Compactor | None = None
 
 
 class MountCollector(Collector):
@@ -74,6 +76,9 @@ class MountCollector(Collector):
         replication = self.source.replication
         if replication is not None:
             yield from _replication(replication)
+        compactor = self.source.compactor
+        if compactor is not None:
+            yield from _compaction(compactor)
 
 
 def _operations(snap: dict[str, Any]) -> Iterator[Metric]:
@@ -126,6 +131,28 @@ def _replication(r: ReplicationService) -> Iterator[Metric]:
         ("conflicts", s.conflicts, "Conflict copies made for files changed on two sides"),
     ):
         yield CounterMetricFamily(f"{PREFIX}_replication_{name}", what, value=value)
+
+
+def _compaction(c: Compactor) -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        f"{PREFIX}_compactions", "Compactions of the log completed", value=c.completed
+    )
+    yield CounterMetricFamily(
+        f"{PREFIX}_compaction_failures", "Compactions given up (retried later)", value=c.failures
+    )
+    last = c.last
+    if last is not None:
+        yield GaugeMetricFamily(
+            f"{PREFIX}_compaction_last_seconds", "Duration of the last compaction", last.seconds
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_compaction_last_before_bytes", "Log size before the last compaction",
+            last.before,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            f"{PREFIX}_compaction_last_after_bytes", "Log size after the last compaction",
+            last.after,
+        )  # fmt: skip
 
 
 class ServerCollector(Collector):

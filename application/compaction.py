@@ -259,6 +259,9 @@ class Compactor:
         self._failures = 0
         self._retry_at = float("-inf")
         self.last: CompactionResult | None = None
+        #: compactions completed and given up since the chain was opened (--metrics)
+        self.completed = 0
+        self.failures = 0
 
     # -- when ------------------------------------------------------------------------------------
     @property
@@ -300,6 +303,7 @@ class Compactor:
             if self.job is job:
                 self.job = None
             self._failures += 1
+            self.failures += 1
             delay = self.RETRY_SECONDS * 2 ** min(self._failures - 1, 6)
             self._retry_at = self.clock.monotonic() + delay
 
@@ -354,6 +358,7 @@ class Compactor:
             tail_events=job.tail_events,
             seconds=time.monotonic() - job.started,
         )
+        self.completed += 1
         return self.last
 
     def compact(self) -> CompactionResult:

@@ -454,6 +454,7 @@ def mount_and_serve(s: MountSettings, g: GlobalSettings) -> None:
     mounted = _open(mounts, _request(s, secret, server))
     if metrics is not None:
         metrics.stats = mounted.fs.stats
+        metrics.compactor = mounted.compactor
     if s.compact_now and mounted.compactor is not None:
         compact_now(mounted)
     # The index and the tree are long-lived and hold no cycles: keep the cyclic collector from

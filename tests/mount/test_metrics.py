@@ -190,3 +190,19 @@ def test_serve_refuses_a_bad_metrics_address(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="--metrics must be HOST:PORT"):
         srv.start()
     srv.stop()
+
+
+def test_a_compaction_is_counted(mounter: Mounter) -> None:
+    mnt, logdir = mounter.dirs()
+    first = mounter.mount(mnt, logdir)
+    for _ in range(3):
+        (mnt / "f").write_bytes(os.urandom(50_000))  # versions that compaction drops
+    assert first.unmount() == 0
+    port = free_port()
+    mp = mounter.mount(mnt, logdir, "--compact-now", "--metrics", f"127.0.0.1:{port}")
+    s = wait_scrape(port, mp)
+    assert value(s, "wasmer_dfs_compactions_total") == 1
+    assert value(s, "wasmer_dfs_compaction_failures_total") == 0
+    before = value(s, "wasmer_dfs_compaction_last_before_bytes")
+    assert 0 < value(s, "wasmer_dfs_compaction_last_after_bytes") < before
+    assert mp.unmount() == 0

@@ -18,10 +18,12 @@ from application.lock_server import LockConfig
 from application.server_peer import Peer
 from application.server_stats import ServerStats
 from application.stats import OperationStats
+from domain.fs.model import ROOT_INO
 from domain.wire import Commit, Hello, Lock
 from entrypoints.settings import OptionError, host_port
 from tests.fakes import FastCrypto
 from tests.server.conftest import LocalChain
+from tests.unit.conftest import Rig
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -168,7 +170,27 @@ def test_host_port_refuses(value: str) -> None:
         host_port(value, "--metrics")
 
 
-def test_the_grafana_dashboard_asks_only_for_metrics_that_exist() -> None:
+def test_compactions_are_counted_from_the_compactor(rig: Rig) -> None:
+    compactor = rig.mounted.compactor
+    assert compactor is not None
+    collector = MountCollector(MountSource(stats=rig.fs.stats, compactor=compactor))
+    s = scrape(collector)
+    assert s[("wasmer_dfs_compactions_total", ())] == 0
+    assert ("wasmer_dfs_compaction_last_seconds", ()) not in s
+    for i in range(3):
+        fh, _ = rig.fs.create(ROOT_INO, f"f{i}".encode(), 0o644, 1000, 1000)
+        rig.fs.write(fh, 0, b"x" * 5000)
+        rig.fs.release(fh)
+    result = compactor.compact()
+    s = scrape(collector)
+    assert s[("wasmer_dfs_compactions_total", ())] == 1
+    assert s[("wasmer_dfs_compaction_failures_total", ())] == 0
+    assert s[("wasmer_dfs_compaction_last_before_bytes", ())] == result.before
+    assert s[("wasmer_dfs_compaction_last_after_bytes", ())] == result.after
+    assert s[("wasmer_dfs_compaction_last_seconds", ())] == pytest.approx(result.seconds)
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_that_exist(rig: Rig) -> None:
     import json
     import re
     from pathlib import Path
@@ -179,7 +201,11 @@ def test_the_grafana_dashboard_asks_only_for_metrics_that_exist() -> None:
         state = ReplicationState()
         replica = type("ReplicaLog", (), {"pending": 0})()
 
-    source = MountSource(stats=OperationStats(), replication=Replica())  # type: ignore[arg-type]
+    assert rig.mounted.compactor is not None
+    rig.mounted.compactor.compact()
+    source = MountSource(
+        stats=OperationStats(), replication=Replica(), compactor=rig.mounted.compactor
+    )  # type: ignore[arg-type]
     source.stats.record("read", 0.001)  # type: ignore[union-attr]
     names = {n for n, _ in scrape(MountCollector(source))}
     names |= {n for n, _ in scrape(ServerCollector(ServerStats(), lambda: 0))}
@@ -189,3 +215,4 @@ def test_the_grafana_dashboard_asks_only_for_metrics_that_exist() -> None:
     wanted = set(re.findall(r"\b(?:wasmer_dfs|process)_[a-z_]+", text))
     assert wanted, "no metric in the dashboard"
     assert wanted <= names, wanted - names
+    assert "wasmer_dfs_compactions_total" in wanted
