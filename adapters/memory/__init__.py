@@ -10,11 +10,13 @@ They ship with the program because tests, benchmarks and tools build services on
 * ``LockCoordinator``: ``MemoryLockHub().coordinator()`` (the server's lock logic in process);
 * ``KernelCache``: ``MemoryKernelCache`` (records what it was told to forget);
 * ``RefusalRecord``: ``MemoryRefusalRecord`` (a list);
-* ``ReplicaSync``: ``MemoryReplicaHub().replica()`` (replicas of a chain held in a list).
+* ``ReplicaSync``: ``MemoryReplicaHub().replica()`` (replicas of a chain held in a list);
+* ``RemoteConnector`` / ``RemoteChain``: ``MemoryChainServer(app).connector(chain)`` (the chain
+  server application in process, driven without a socket);
+* ``ViewStore``: ``MemoryViewStore`` (records in a dict).
 
 ``Crypto`` has no twin here: see the ADR (tests use ``tests.fakes.FastCrypto``, the real
-algorithms with a cheap Argon2id). ``RemoteConnector`` has none either: its contract runs the
-websocket adapter against an in-process chain server.
+algorithms with a cheap Argon2id).
 """
 
 from __future__ import annotations
@@ -25,17 +27,23 @@ from adapters.memory.locks import MemoryCoordinator, MemoryLockHub
 from adapters.memory.log import DiskSpace, MemoryRedoLogFactory
 from adapters.memory.names import MemoryResolver
 from adapters.memory.refusals import MemoryRefusalRecord
+from adapters.memory.remote import MemoryChainServer, MemoryConnector, MemoryRemoteChain
 from adapters.memory.replica import MemoryReplicaHub, MemoryReplicaSync
+from adapters.memory.view_store import MemoryViewStore
 
 __all__ = [
     "DiskSpace",
     "FakeClock",
+    "MemoryChainServer",
+    "MemoryConnector",
     "MemoryCoordinator",
     "MemoryKernelCache",
     "MemoryLockHub",
     "MemoryRedoLogFactory",
     "MemoryRefusalRecord",
+    "MemoryRemoteChain",
     "MemoryReplicaHub",
     "MemoryReplicaSync",
     "MemoryResolver",
+    "MemoryViewStore",
 ]

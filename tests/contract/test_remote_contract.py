@@ -1,7 +1,7 @@
 """The ``RemoteConnector`` / ``RemoteChain`` ports' contract (application/ports/remote.py), run
-against the websocket adapter (``WsConnector``) and a chain server in process on 127.0.0.1.
-There is no in-memory twin: the in-process server is cheap and speaks the real protocol
-(docs/adr/0017-ports-and-twins.md)."""
+against the websocket adapter (``WsConnector`` to a chain server in process on 127.0.0.1) and
+its in-memory twin (``adapters.memory.MemoryChainServer``: the same server application, no
+socket; docs/adr/0017-ports-and-twins.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from adapters.clock import SystemClock
-from adapters.memory import MemoryRedoLogFactory
+from adapters.memory import MemoryChainServer, MemoryRedoLogFactory
 from adapters.remote import WsConnector
 from adapters.ws_server import WsChainServer
 from application.chain_server import ChainServer, ServerConfig
@@ -35,6 +35,8 @@ class Remote:
     """Connectors to chains of one server; every connection made is closed at teardown."""
 
     connector_for: Callable[[str], RemoteConnector]
+    #: a connector to a server that cannot be reached
+    unreachable: Callable[[], RemoteConnector]
     opened: list[RemoteChain] = field(default_factory=list)
 
     async def connect(self, chain: LocalChain, name: str = "fs") -> RemoteChain:
@@ -43,12 +45,29 @@ class Remote:
         return remote
 
 
-@pytest.fixture(params=["ws"])
+@pytest.fixture(params=["ws", "memory"])
 async def remote(request: pytest.FixtureRequest) -> AsyncIterator[Remote]:
     app = ChainServer(MemoryRedoLogFactory(), FastCrypto(), SystemClock(), ServerConfig())
+    if request.param == "memory":
+        twin = MemoryChainServer(app)
+        gone = MemoryChainServer(
+            ChainServer(MemoryRedoLogFactory(), FastCrypto(), SystemClock(), ServerConfig())
+        )
+        gone.close()
+        r = Remote(twin.connector, lambda: gone.connector("fs"))
+        try:
+            yield r
+        finally:
+            for chain in r.opened:
+                await asyncio.wait_for(chain.close(), T)
+            twin.close()
+        return
     server = WsChainServer(app, "127.0.0.1", 0)
     await server.start()
-    r = Remote(lambda name: WsConnector(f"{server.url}/db/{name}", open_timeout=T))
+    r = Remote(
+        lambda name: WsConnector(f"{server.url}/db/{name}", open_timeout=T),
+        lambda: WsConnector(f"ws://127.0.0.1:{closed_udp_port()}/db/fs", open_timeout=T),
+    )
     try:
         yield r
     finally:
@@ -127,10 +146,9 @@ class TestRemoteContract:
         with pytest.raises(RemoteError):
             await remote.connect(LocalChain())  # another chain's header under the same name
 
-    async def test_an_unreachable_server_raises_remote_error(self) -> None:
-        connector = WsConnector(f"ws://127.0.0.1:{closed_udp_port()}/db/fs", open_timeout=T)
+    async def test_an_unreachable_server_raises_remote_error(self, remote: Remote) -> None:
         with pytest.raises(RemoteError):
-            await connector.connect(LocalChain().header)
+            await remote.unreachable().connect(LocalChain().header)
 
     async def test_close_ends_the_stream_and_closing_twice_is_harmless(
         self, remote: Remote
