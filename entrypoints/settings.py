@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import typer
 
+#: the name of a mount's chain in its own log directory (local.log: a local chain or a replica)
+LOCAL_CHAIN = "local"
 #: the levels of --wire-encryption (ML-KEM-512/768/1024)
 WIRE_LEVELS = (128, 192, 256)
 

@@ -14,8 +14,9 @@ from application.repair import Repairer
 from application.session import Formats, SessionError
 from entrypoints import bootstrap
 from entrypoints.console import REFUSED, USAGE, fail
-from entrypoints.mounting import LOCAL_CHAIN, passcode_of
+from entrypoints.mounting import passcode_of
 from entrypoints.progress import ProgressBar
+from entrypoints.settings import LOCAL_CHAIN
 
 
 def verify_log(logs_dir: Path, passcode: str | None, *, repair: bool, no_auth: bool) -> None:

@@ -98,3 +98,42 @@ def test_the_check_finds_a_port_outside_the_package(tmp_path: pathlib.Path) -> N
     (tmp_path / "application" / "ports" / "ok.py").write_text("import abc\nclass A(abc.ABC): ...\n")
     (tmp_path / "application" / "svc.py").write_text("import abc\nclass B(abc.ABC): ...\n")
     assert abcs_outside_the_ports(tmp_path) == [("application/svc.py", "B")]
+
+
+#: "No module over ~500 lines without a reason in its docstring" (issue 13)
+LONG_MODULE_LINES = 500
+
+
+def long_modules_without_a_reason(root: pathlib.Path) -> list[tuple[str, int]]:
+    """``(path, lines)`` of every module of the four layers over ``LONG_MODULE_LINES`` whose
+    docstring does not say why it is that long (a sentence naming its size: "about 800 lines",
+    "over ~500 lines")."""
+    import re
+
+    out: list[tuple[str, int]] = []
+    for layer in ("domain", "application", "adapters", "entrypoints"):
+        for path in sorted((root / layer).rglob("*.py")):
+            source = path.read_text(encoding="utf-8")
+            lines = source.count("\n")
+            if lines <= LONG_MODULE_LINES:
+                continue
+            doc = ast.get_docstring(ast.parse(source)) or ""
+            if not re.search(r"(~|about |over )?\d{3,} lines", doc):
+                out.append((path.relative_to(root).as_posix(), lines))
+    return out
+
+
+def test_every_long_module_says_why_it_is_long() -> None:
+    assert long_modules_without_a_reason(ROOT) == []
+
+
+def test_a_long_module_without_a_reason_is_found(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "adapters").mkdir()
+    body = "x = 1\n" * (LONG_MODULE_LINES + 1)
+    (tmp_path / "adapters" / "long.py").write_text('"""Does things."""\n' + body)
+    (tmp_path / "adapters" / "explained.py").write_text(
+        '"""Does things. It stays about 600 lines: one job."""\n' + body
+    )
+    (tmp_path / "adapters" / "short.py").write_text('"""Short."""\nx = 1\n')
+    found = long_modules_without_a_reason(tmp_path)
+    assert found == [("adapters/long.py", LONG_MODULE_LINES + 2)]
