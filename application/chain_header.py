@@ -10,18 +10,11 @@ import msgspec
 from application.ports import KdfParams
 from application.session_errors import ChainIntegrityError
 from domain.events import WriteEveryone, WriteOption, WriteSpecific
+from domain.kdf import argon2id_cost_problem
 
 #: 2: signatures cover the seal's metadata too (domain/trust.py); version 1 chains keep their
 #: older signatures valid
 HEADER_VERSION = 2
-
-#: Argon2id costs a chain header may demand (docs/adr/0014): they admit every cost this program
-#: writes (DEFAULT_KDF, the tests' (1, 8, 1)) and refuse a header - maybe a hostile server's -
-#: that would make a mount spend gigabytes or hours deriving a key
-KDF_ITERATIONS = (1, 64)
-KDF_MEMORY_KIB = (8, 4 * 1024 * 1024)  # 8 KiB .. 4 GiB
-KDF_LANES = (1, 64)
-KDF_SALT_BYTES = (16, 64)
 
 DEFAULT_KDF = (3, 64 * 1024, 4)  # iterations, memory KiB, lanes: ~0.16 s here
 
@@ -36,23 +29,12 @@ class KdfHeader(msgspec.Struct, frozen=True):
         return KdfParams(self.salt, self.iterations, self.memory_kib, self.lanes)
 
     def check(self) -> None:
-        """``ChainIntegrityError`` when a cost or the salt lies outside sane bounds (checked
-        before any key is derived)."""
-        for what, value, (low, high) in (
-            ("iterations", self.iterations, KDF_ITERATIONS),
-            ("memory (KiB)", self.memory_kib, KDF_MEMORY_KIB),
-            ("lanes", self.lanes, KDF_LANES),
-            ("salt length", len(self.salt), KDF_SALT_BYTES),
-        ):
-            if not low <= value <= high:
-                raise ChainIntegrityError(
-                    f"the chain header asks for Argon2id {what} {value}, outside {low}..{high}:"
-                    " refused before deriving any key (a damaged or hostile header)"
-                )
-        if self.memory_kib < 8 * self.lanes:
+        """``ChainIntegrityError`` when a cost or the salt lies outside sane bounds
+        (domain/kdf.py; checked before any key is derived)."""
+        problem = argon2id_cost_problem(self.salt, self.iterations, self.memory_kib, self.lanes)
+        if problem is not None:
             raise ChainIntegrityError(
-                f"the chain header asks for Argon2id memory {self.memory_kib} KiB with"
-                f" {self.lanes} lanes (at least 8 KiB a lane): refused"
+                f"the chain header asks for {problem} (a damaged or hostile header)"
             )
 
 

@@ -13,6 +13,7 @@ import msgspec
 
 from domain.auth.errors import AuthError
 from domain.auth.roles import Role
+from domain.kdf import argon2id_cost_problem
 
 #: larger than any ML-DSA-65 (4,032-byte secret) or ML-KEM-768 (2,400-byte secret) key
 KEY_MAX = 8192
@@ -29,14 +30,6 @@ GroupName = Annotated[
 ]
 Epoch = Annotated[int, msgspec.Meta(ge=0, le=2**32)]
 
-#: Argon2id costs a password record may demand: the chain header's bounds
-#: (application/chain_header.py), so a hostile record cannot make a client spend gigabytes
-#: or hours deriving a key
-KDF_ITERATIONS = (1, 64)
-KDF_MEMORY_KIB = (8, 4 * 1024 * 1024)
-KDF_LANES = (1, 64)
-KDF_SALT_BYTES = (16, 64)
-
 
 class PasswordKdf(msgspec.Struct, frozen=True):
     """Argon2id parameters of a user's password (salted, bounded costs)."""
@@ -47,24 +40,11 @@ class PasswordKdf(msgspec.Struct, frozen=True):
     lanes: int
 
     def check(self) -> None:
-        """``AuthError`` when a cost or the salt lies outside the bounds (checked before any
-        key is derived)."""
-        for what, value, (low, high) in (
-            ("iterations", self.iterations, KDF_ITERATIONS),
-            ("memory (KiB)", self.memory_kib, KDF_MEMORY_KIB),
-            ("lanes", self.lanes, KDF_LANES),
-            ("salt length", len(self.salt), KDF_SALT_BYTES),
-        ):
-            if not low <= value <= high:
-                raise AuthError(
-                    f"the account asks for Argon2id {what} {value}, outside {low}..{high}:"
-                    " refused before deriving any key (a damaged or hostile record)"
-                )
-        if self.memory_kib < 8 * self.lanes:
-            raise AuthError(
-                f"the account asks for Argon2id memory {self.memory_kib} KiB with"
-                f" {self.lanes} lanes (at least 8 KiB a lane): refused"
-            )
+        """``AuthError`` when a cost or the salt lies outside the chain header's bounds
+        (domain/kdf.py; checked before any key is derived)."""
+        problem = argon2id_cost_problem(self.salt, self.iterations, self.memory_kib, self.lanes)
+        if problem is not None:
+            raise AuthError(f"the account asks for {problem} (a damaged or hostile record)")
 
 
 class PublicKeys(msgspec.Struct, frozen=True):
