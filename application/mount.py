@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from application import checkpoint
+from application import checkpoint, history
 from application.compaction import Compactor, Hook, Progress
 from application.filesystem import FileSystemService, FsIndexer
+from application.history import Cut, PastError
 from application.ports import Clock, Crypto, LogError, RedoLogFactory
 from application.session import (
     DEFAULT_KDF,
@@ -60,6 +62,9 @@ class MountRequest:
     #: for a replica without a local log yet: the chain's header as the server holds it (the
     #: log is created empty; the events arrive by replication). None: a new chain is created.
     replica_header: bytes | None = None
+    #: time travel (docs/adr/0022): replay only up to this time (ms since the epoch), read only,
+    #: without the checkpoint; None: the whole log
+    as_of_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -81,6 +86,8 @@ class Mounted:
     #: the preset this mount uses, and a warning when it differs from the one recorded
     preset: Preset = Preset.SPEED
     preset_warning: str | None = None
+    #: a mount of the past: where the replay stopped (application/history.py)
+    as_of: Cut | None = None
 
     def close(self) -> None:
         """Write out everything, save a checkpoint, and close the log (idempotent)."""
@@ -119,6 +126,12 @@ class MountService:
         """Open (or create) the chain; ``progress`` follows the replay ("scan", done, total)."""
         created = replica = False
         blob: bytes | None = None
+        if req.as_of_ms is not None:
+            if not req.read_only:
+                raise SessionError("a mount of the past (--as-of) is read-only")
+            if not self.logs.exists(req.chain):
+                raise PastError(f"there is no log of chain {req.chain!r} here to travel back in")
+            req = dataclasses.replace(req, use_checkpoint=False)
         try:
             preset, warning = self._preset(req)
             formats = self._formats(req.formats, preset)
@@ -157,8 +170,12 @@ class MountService:
         loader = checkpoint.Loader(blob)
         del blob  # the loader holds it alone, and drops it once decrypted
         compactor = None
+        as_of = None
         try:
-            if not created and not replica:
+            if req.as_of_ms is not None:
+                as_of = history.replay_until(session, req.as_of_ms)
+                transactions = as_of.transactions
+            elif not created and not replica:
                 transactions = session.start(
                     restore=loader if req.use_checkpoint else None, key_optional=req.remote
                 )
@@ -187,6 +204,7 @@ class MountService:
             unchecked_until=session.replayed_from if loader.used else None,
             preset=preset,
             preset_warning=warning,
+            as_of=as_of,
         )
 
     def recorded_preset(self, chain: str, header: bytes | None = None) -> str | None:

@@ -130,6 +130,7 @@ def mount(
     background: Annotated[bool, typer.Option("--background", "-b", help="Run in the background: return once the file system is mounted and usable, or exit with the error; stop it with `wasmer-dfs umount MOUNT_PATH`")] = False,
     log: Annotated[Path | None, typer.Option("--log", help="Append the logs to FILE [in the background, default: syslog / the journal through /dev/log, else LOG_PATH/daemon.out]")] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", help="Expose Prometheus metrics (operations, latencies, bytes, uploads pending, connection) at http://HOST:PORT/metrics")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", metavar="TIME", help="Mount the tree read-only as it was at TIME (ISO 8601, or a duration before now: 90s, 2h, 1d), replayed from the local log (a replica's too: the server is not contacted)")] = None,
 ) -> None:  # fmt: skip
     """Mounts a local or remote file system (runs until unmounted, SIGINT or SIGTERM)."""
     from entrypoints import mounting
@@ -149,6 +150,11 @@ def mount(
         extpass=extpass, background=background,
         log_file=None if log is None else log.expanduser().absolute(),
     )  # fmt: skip
+    if as_of is not None:
+        from entrypoints import timetravel
+
+        timetravel.mount_as_of(settings, global_settings(ctx), timetravel.as_of_ms(as_of))
+        return
     mounting.mount_and_serve(settings, global_settings(ctx))
 
 

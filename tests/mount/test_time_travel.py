@@ -1,0 +1,129 @@
+"""The past on demand (issue 15 part B, docs/adr/0022), on real mounts: `mount --as-of TIME`
+shows the tree as it was (overwritten and deleted files included) and refuses every write with
+EROFS, for a local chain beside its live mount and for a replica without its server; a time
+before the log's oldest is refused with that time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.mount.conftest import Mounter, MountProc, ServerProc
+from tests.mount.test_replication import eventually, mount_remote
+
+pytestmark = [pytest.mark.timeout(300)]
+
+
+def iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat()
+
+
+def write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def the_past(root: Path) -> float:
+    """v1 of a.txt and b.txt, then (after the returned time) v2 of a.txt and b.txt deleted."""
+    (root / "d").mkdir()
+    write(root / "a.txt", b"version one\n")
+    write(root / "d" / "b.txt", b"doomed\n")
+    time.sleep(0.3)
+    noted = time.time()
+    time.sleep(0.3)
+    write(root / "a.txt", b"version two, longer\n")
+    (root / "d" / "b.txt").unlink()
+    write(root / "c.txt", b"born later\n")
+    return noted
+
+
+def refused_erofs(fn: Callable[[], object]) -> None:
+    with pytest.raises(OSError) as info:
+        fn()
+    assert info.value.errno == errno.EROFS, info.value
+
+
+def check_the_past(root: Path) -> None:
+    assert (root / "a.txt").read_bytes() == b"version one\n"
+    assert (root / "d" / "b.txt").read_bytes() == b"doomed\n"
+    assert not (root / "c.txt").exists()
+    refused_erofs(lambda: os.open(root / "a.txt", os.O_RDWR))
+    refused_erofs(lambda: os.open(root / "new.txt", os.O_WRONLY | os.O_CREAT, 0o644))
+    refused_erofs(lambda: (root / "d" / "b.txt").unlink())
+    refused_erofs(lambda: (root / "e").mkdir())
+    refused_erofs(lambda: os.rename(root / "a.txt", root / "z.txt"))
+    refused_erofs(lambda: os.chmod(root / "a.txt", 0o600))
+    refused_erofs(lambda: os.truncate(root / "a.txt", 0))
+    refused_erofs(lambda: os.symlink("a.txt", root / "s"))
+    refused_erofs(lambda: os.setxattr(root / "a.txt", "user.x", b"1"))
+
+
+def unmount(mp: MountProc) -> None:
+    rc = mp.unmount()
+    assert rc == 0, mp.stderr()
+
+
+def test_as_of_shows_the_tree_of_then_beside_the_live_mount(mounter: Mounter) -> None:
+    mnt, logdir = mounter.dirs("live")
+    live = mounter.mount(mnt, logdir)
+    noted = the_past(mnt)
+    past_mnt, _ = mounter.dirs("past")
+    past = mounter.mount(past_mnt, logdir, "--as-of", iso(noted))
+    try:
+        check_the_past(past_mnt)
+        assert "the tree as of" in past.stderr() + past.stdout_path.read_text()
+        # the live mount is untouched by it, and goes on writing
+        assert (mnt / "a.txt").read_bytes() == b"version two, longer\n"
+        write(mnt / "after.txt", b"x")
+    finally:
+        unmount(past)
+    unmount(live)
+    # a duration before now reaches back too (now minus 1 hour: before the chain existed)
+    out = mounter.attempt(past_mnt, logdir, "--as-of", "1h")
+    assert out.returncode == 3 and not out.mounted, out
+    assert "before the oldest time this log holds" in out.stderr
+
+
+def test_as_of_refuses_times_it_cannot_use(mounter: Mounter) -> None:
+    mnt, logdir = mounter.dirs("live")
+    unmount(mounter.mount(mnt, logdir))
+    out = mounter.attempt(mnt, logdir, "--as-of", "1990-01-01T00:00:00Z")
+    assert out.returncode == 3 and not out.mounted, out
+    assert "is before the oldest time this log holds: 20" in out.stderr
+    assert "Traceback" not in out.stderr
+    for bad, why in (("yesterday", "is not a time"), ("2999-01-01T00:00:00Z", "in the future")):
+        out = mounter.attempt(mnt, logdir, "--as-of", bad)
+        assert out.returncode == 2 and why in out.stderr, out
+    out = mounter.attempt(mnt, logdir, "--as-of", "1s", "--temp")
+    assert out.returncode == 2 and "not with --temp" in out.stderr, out
+    empty_mnt, empty_log = mounter.dirs("nothing")
+    out = mounter.attempt(empty_mnt, empty_log, "--as-of", "1s")
+    assert out.returncode == 2 and "no log" in out.stderr, out
+    assert not (empty_log / "local.log").exists()
+
+
+def test_as_of_on_a_replica_without_its_server(mounter: Mounter, server: ServerProc) -> None:
+    url = server.url("past")
+    a = mount_remote(mounter, "a", url)
+    noted = the_past(a.mnt)
+    b = mount_remote(mounter, "b", url)
+    eventually(lambda: os.stat(b.mnt / "c.txt"), "c.txt reaches b")
+    unmount(b)
+    server.stop()  # the past comes from the replica's own log: no server needed
+    past_mnt, _ = mounter.dirs("past")
+    before = mounter.log_digests(b.logdir)
+    past = mounter.mount(past_mnt, None, url, str(b.logdir), "--as-of", iso(noted))
+    try:
+        check_the_past(past_mnt)
+    finally:
+        unmount(past)
+    assert mounter.log_digests(b.logdir) == before  # nothing written, nothing uploaded
+    unmount(a)
