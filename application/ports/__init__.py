@@ -4,6 +4,8 @@ Every port is an ABC in this package, one module per concern; every method's doc
 its promise, which tests/contract/ checks against every adapter and twin of the port:
 
 * ``log``: ``RedoLog``, ``RedoLogFactory``, ``DamagedLog``, their records and errors;
+* ``chain_store``: ``ChainStore``, ``ChainStoreFactory`` (a chain server's storage of a chain:
+  redo logs or JetStream, ADR 0022); its records and errors in the module;
 * ``crypto``: ``Crypto`` (AES-256-GCM, ML-DSA-65, ML-KEM-768, Argon2id, randomness)
   and ``KdfParams``;
 * ``time``: ``Clock``;
@@ -17,6 +19,10 @@ here (``from application.ports import Clock``) or from the module."""
 
 from __future__ import annotations
 
+from application.ports.chain_store import (
+    ChainStore,
+    ChainStoreFactory,
+)
 from application.ports.crypto import (
     Crypto,
     CryptoError,
@@ -75,6 +81,8 @@ from application.ports.views import (
 
 __all__ = [
     "Acquire",
+    "ChainStore",
+    "ChainStoreFactory",
     "Clock",
     "CommitRejected",
     "Crypto",
