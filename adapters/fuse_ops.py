@@ -454,7 +454,10 @@ class FuseOperations(LockOps, pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, self._view_entry(attr), next_id):
                     break
             return
+        shadowed = self.views.top
         for name, attr, next_id in self.service.readdir(fh, start_id):
+            if name in shadowed and self.service.view.parent_of(attr.ino) == ROOT_INO:
+                continue  # the chain's own /.wasmer-dfs (views' stored data): hidden
             if not pyfuse3.readdir_reply(token, name, self.entry(attr), next_id):
                 break
             if next_id > 2:  # readdirplus: the kernel references every entry but "." and ".."

@@ -41,6 +41,7 @@ from application.maintenance import (
 )
 from application.ports import KernelCache
 from application.replication import ReplicationService
+from application.views import ViewService
 
 __all__ = ["NotSynced", "PrefixDamaged", "Replicated", "fuse_options", "raise_read_ahead", "run"]
 
@@ -168,8 +169,11 @@ def run(
     compactor: Compactor | None = None,
     unchecked_until: int | None = None,
     replicated: Replicated | None = None,
+    views: ViewService | None = None,
 ) -> None:
-    """Mount, serve until unmounted or signalled, unmount. Blocks. ``PrefixDamaged`` when the
+    """Mount, serve until unmounted or signalled, unmount. Blocks. ``views``: the emulated files
+    the composition root built (``default_views`` and the extra views; None: the built-in ones
+    without the compactor). ``PrefixDamaged`` when the
     background check of the log before the checkpoint found damage (and stopped the mount);
     ``NotSynced`` when SIGINT/SIGTERM/SIGHUP came before the file system was mounted (a new
     replica that had to catch up first had not). From the start of the run, those signals are
@@ -219,7 +223,7 @@ def run(
         committer = GroupCommitter(service)
         ops = FuseOperations(
             service, committer, writeback=writeback, read_only=read_only, remote=replication,
-            locks=locks,
+            locks=locks, views=views,
         )  # fmt: skip
         # pyfuse3.close() is only for a session that init() created: without one, libfuse's
         # fuse_session_unmount(NULL) dereferences NULL (a stop before the mount was a SIGSEGV).

@@ -6,6 +6,7 @@ import functools
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +27,13 @@ if TYPE_CHECKING:
     from adapters.fuse_runner import Replicated
     from adapters.metrics import MetricsServer, MountSource
     from adapters.secure_channel import ClientWire
+    from adapters.view_plugins import Installed
     from adapters.ws_server import WsChainServer
+    from application.compaction import Compactor
     from application.mount import Mounted
     from application.ports import RefusalRecord
     from application.replication import RecoveryMode
+    from application.views import ViewService
 
 
 class Container(containers.DeclarativeContainer):
@@ -213,3 +217,47 @@ def build_server_metrics(host: str, port: int, server: WsChainServer) -> Metrics
 
     app = server.app
     return MetricsServer(host, port, ServerCollector(app.stats, lambda: len(app.hosts)))
+
+
+def installed_views() -> list[Installed]:
+    """The views of the ``wasmer_dfs.views`` entry-point group (``wasmer-dfs views``)."""
+    from adapters.view_plugins import installed
+
+    return installed()
+
+
+def check_views(specs: Sequence[tuple[str, str | None]]) -> None:
+    """``ViewPluginError`` when a view of ``--view`` is not installed (before anything mounts)."""
+    from adapters.view_plugins import load
+
+    for name, _ in specs:
+        load(name)
+
+
+def build_views(
+    mounted: Mounted,
+    *,
+    replicated: Replicated | None = None,
+    server: str | None = None,
+    compactor: Compactor | None = None,
+    read_only: bool = False,
+    specs: Sequence[tuple[str, str | None]] = (),
+) -> ViewService:
+    """The emulated files of a mount: the built-in ``/.wasmer-dfs`` views with everything
+    ``status`` shows (the server's URL, the compactor, read-only), and the views of ``--view
+    NAME[=ARG]`` (found through their entry points, their data stored in the chain through
+    ``ChainViewStore``). ``ViewPluginError`` when one cannot be built."""
+    from adapters.view_plugins import build
+    from application.ports.views import ViewContext
+    from application.views.builtin import default_views
+    from application.views.service import VIEWS_DIR
+    from application.views.store import ChainViewStore
+
+    fs = mounted.fs
+    context = ViewContext(functools.partial(ChainViewStore, fs), fs.clock, read_only)
+    extra = [(v.place or (VIEWS_DIR, v.name), v) for v in build(specs, context)]
+    return default_views(
+        fs, fs.stats, server=server, compactor=compactor, read_only=read_only, extra=extra,
+        remote=replicated.replication if replicated is not None else None,
+        locks=replicated.locks if replicated is not None else None,
+    )  # fmt: skip

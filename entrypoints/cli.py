@@ -127,6 +127,7 @@ def mount(
     no_auth: Annotated[bool, typer.Option("--no-auth", "-n", help="Same as the global --no-auth: an UNENCRYPTED file system")] = False,
     passfile: Annotated[Path | None, typer.Option("--passfile", help="Read the passcode from the first line of FILE, which only its owner may read and write (like gocryptfs -passfile)")] = None,
     extpass: Annotated[str | None, typer.Option("--extpass", help="Run CMD (split like a shell, run without one) and take the first line it prints as the passcode (like gocryptfs -extpass)")] = None,
+    view: Annotated[list[str] | None, typer.Option("--view", metavar="NAME[=ARG]", help="Turn on the installed view NAME (repeatable; `wasmer-dfs views` lists them), given ARG")] = None,
     background: Annotated[bool, typer.Option("--background", "-b", help="Run in the background: return once the file system is mounted and usable, or exit with the error; stop it with `wasmer-dfs umount MOUNT_PATH`")] = False,
     log: Annotated[Path | None, typer.Option("--log", help="Append the logs to FILE [in the background, default: syslog / the journal through /dev/log, else LOG_PATH/daemon.out]")] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", help="Expose Prometheus metrics (operations, latencies, bytes, uploads pending, connection) at http://HOST:PORT/metrics")] = None,
@@ -144,6 +145,7 @@ def mount(
         compact_now=compact_now, read_only=read_only, passcode=passcode, uid=uid, gid=gid,
         allow_other=allow_other, allow_root=allow_root, impersonate_uid=impersonate_uid,
         non_empty=non_empty, temp=temp, write_back=write_back, no_auth=no_auth, metrics=metrics,
+        views=view or (),
     )  # fmt: skip
     settings = dataclasses.replace(
         settings, passfile=None if passfile is None else passfile.expanduser().absolute(),
@@ -222,6 +224,15 @@ def stats(
     from entrypoints.viewing import show_stats
 
     show_stats(mount_path, as_json, interval, count)
+
+
+@app.command("views")
+def views_command() -> None:
+    """Lists the views installed (the wasmer_dfs.views entry points): name, module, what it
+    shows. Turn one on with `mount --view NAME[=ARG]`."""
+    from entrypoints.viewing import show_installed_views
+
+    show_installed_views()
 
 
 # --- commands later issues build ----------------------------------------------------------------

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ from entrypoints.settings import LOCAL_CHAIN, GlobalSettings, OptionError, host_
 if TYPE_CHECKING:
     from adapters.fuse_runner import Replicated
     from adapters.metrics import MountSource
+    from application.views import ViewService
 
 PASSCODE_ENV = "WASMER_DFS_PASSCODE"
 DEFAULT_LOG_PATH = Path("~/wasmer/fs")
@@ -79,6 +81,8 @@ class MountSettings:
     log_file: Path | None = None
     #: --metrics HOST:PORT: where Prometheus scrapes the mount's metrics (None: nowhere)
     metrics: tuple[str, int] | None = None
+    #: --view NAME[=ARG]: installed views turned on (docs/views.md)
+    views: tuple[tuple[str, str | None], ...] = ()
 
     @property
     def chain_name(self) -> str | None:
@@ -116,6 +120,7 @@ def mount_settings(
     write_back: bool,
     no_auth: bool,
     metrics: str | None = None,
+    views: Sequence[str] = (),
 ) -> MountSettings:
     """The options checked (exit 2 with the reason for one that cannot be used). A second
     positional without a URL scheme is the log path (a local-only mount)."""
@@ -144,6 +149,7 @@ def mount_settings(
         metrics_at = None if metrics is None else host_port(metrics, "--metrics")
     except OptionError as exc:
         fail(str(exc), USAGE)
+    view_specs = _view_specs(views)
     return MountSettings(
         mount_path.expanduser(), remote, log_path, policy, preset,
         Format.parse(meta_format) if meta_format is not None else None,
@@ -151,8 +157,25 @@ def mount_settings(
         recovery_mode, passcode=passcode, uid=uid, gid=gid, allow_other=allow_other,
         allow_root=allow_root, compact_now=compact_now, impersonate_uid=impersonate_uid,
         non_empty=non_empty, read_only=read_only, temp=temp, write_back=write_back,
-        no_auth=no_auth, metrics=metrics_at,
+        no_auth=no_auth, metrics=metrics_at, views=view_specs,
     )  # fmt: skip
+
+
+def _view_specs(views: Sequence[str]) -> tuple[tuple[str, str | None], ...]:
+    """--view NAME[=ARG] ...: each NAME installed (exit 2 with the reason otherwise)."""
+    from adapters.view_plugins import ViewPluginError
+
+    specs = []
+    for spec in views:
+        name, eq, arg = spec.partition("=")
+        if not name:
+            fail(f"--view {spec!r}: NAME[=ARG] expected", USAGE)
+        specs.append((name, arg if eq else None))
+    try:
+        bootstrap.check_views(specs)
+    except ViewPluginError as exc:
+        fail(f"--view: {exc}", USAGE)
+    return tuple(specs)
 
 
 def _compact_policy(mode: CompactMode, factor: float, size: int, timer: int) -> CompactPolicy:
@@ -375,6 +398,22 @@ def _request(s: MountSettings, secret: bytes | None, server: Server | None) -> M
     )
 
 
+def _views(
+    s: MountSettings, mounted: Mounted, server: Server | None, replicated: Replicated | None
+) -> ViewService:
+    """The mount's emulated files: the built-in ones and those of --view (exit 2 when one of
+    those cannot be built, e.g. its ARG is refused)."""
+    from adapters.view_plugins import ViewPluginError
+
+    try:
+        return bootstrap.build_views(
+            mounted, replicated=replicated, server=server.url if server else None,
+            compactor=mounted.compactor, read_only=s.read_only, specs=s.views,
+        )  # fmt: skip
+    except ViewPluginError as exc:
+        fail(f"--view: {exc}", USAGE)
+
+
 def _serve(
     s: MountSettings,
     mnt: Path,
@@ -404,6 +443,7 @@ def _serve(
 
     unsaved: str | None = None  # buffered writes a full disk kept from being saved at unmount
     try:
+        views = _views(s, mounted, server, replicated)
         run(
             mounted.fs,
             str(mnt),
@@ -414,6 +454,7 @@ def _serve(
             compactor=mounted.compactor if s.compaction.mode is not CompactMode.NEVER else None,
             unchecked_until=mounted.unchecked_until,
             replicated=replicated,
+            views=views,
         )
     except NotSynced as exc:
         if server is None:

@@ -136,3 +136,18 @@ def show_stats(mount_path: Path, as_json: bool, interval: float, count: int | No
             shown += 1
     except KeyboardInterrupt:
         pass
+
+
+def show_installed_views() -> None:
+    """``wasmer-dfs views``: the installed views (the ``wasmer_dfs.views`` entry points), one a
+    line: name, where its factory is, what it shows."""
+    from entrypoints import bootstrap
+
+    views = bootstrap.installed_views()
+    if not views:
+        typer.echo("no views installed (a package adds them to the wasmer_dfs.views entry points)")
+        return
+    width = max(len(v.name) for v in views)
+    mod_width = max(len(v.module) for v in views)
+    for v in views:
+        typer.echo(f"{v.name:<{width}}  {v.module:<{mod_width}}  {v.description}")

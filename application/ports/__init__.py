@@ -12,7 +12,8 @@ its promise, which tests/contract/ checks against every adapter and twin of the 
 * ``names``: ``Resolver``;
 * ``locks``: ``LockCoordinator``, ``PendingLock``, ``HeldLocks``, ``ReplicaSync``;
 * ``remote``: ``RemoteConnector``, ``RemoteChain``, ``KernelCache``, ``RefusalRecord``;
-* ``views``: ``View``, ``Stream`` (emulated files) and their ``ViewNode``, ``NodeKind``.
+* ``views``: ``View``, ``Stream`` (emulated files) and their ``ViewNode``, ``NodeKind``;
+  ``ViewStore`` (a view's data in the chain), ``ViewContext`` and ``ViewFactory`` (``--view``).
 
 Adapters implement them; twins and test fakes subclass them too (never ``Mock``). Import from
 here (``from application.ports import Clock``) or from the module."""
@@ -75,8 +76,11 @@ from application.ports.views import (
     NodeKind,
     Stream,
     View,
+    ViewContext,
+    ViewFactory,
     ViewNode,
     ViewPath,
+    ViewStore,
 )
 
 __all__ = [
@@ -121,6 +125,9 @@ __all__ = [
     "ScannedRecord",
     "Stream",
     "View",
+    "ViewContext",
+    "ViewFactory",
     "ViewNode",
     "ViewPath",
+    "ViewStore",
 ]

@@ -15,8 +15,10 @@ from __future__ import annotations
 import abc
 import enum
 import errno
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from application.ports.time import Clock
 from domain.fs.model import FsError
 
 #: a path inside a view's directory: names, no "/" (``()``: the directory itself)
@@ -57,6 +59,8 @@ class View(abc.ABC):
 
     #: the view's name (``mount --view NAME``; in log messages)
     name: str = ""
+    #: where the view's directory is, names from the mount's root (None: ``/.wasmer-dfs/NAME``)
+    place: ViewPath | None = None
 
     @abc.abstractmethod
     def node(self, path: ViewPath) -> ViewNode | None:
@@ -86,3 +90,50 @@ class View(abc.ABC):
     def follow(self, path: ViewPath) -> Stream:
         """Start following STREAM ``path`` for one reader (called at its open)."""
         raise FsError(errno.EACCES, f"{self.name}: {'/'.join(path)} cannot be followed")
+
+
+class ViewStore(abc.ABC):
+    """Port: the data a view stores, records by key, kept in the chain (docs/adr/0019-views.md).
+
+    A key is a path of names (no "/", not "." or ".."): its last name is the record, the ones
+    before it group records (as directories do). What is put is encrypted, signed, replicated
+    to the other mounts of the chain and compacted like the files' data. Twin:
+    adapters/memory/view_store.py; contract: tests/contract/test_view_store_contract.py."""
+
+    @abc.abstractmethod
+    def get(self, key: ViewPath) -> bytes | None:
+        """The record at ``key``, or None when there is none."""
+
+    @abc.abstractmethod
+    def put(self, key: ViewPath, data: bytes) -> None:
+        """Store ``data`` as the record at ``key`` (replacing one there)."""
+
+    @abc.abstractmethod
+    def delete(self, key: ViewPath) -> bool:
+        """Remove the record at ``key``; False when there was none."""
+
+    @abc.abstractmethod
+    def names(self, prefix: ViewPath = ()) -> list[str]:
+        """The names directly under ``prefix`` (records and groups), sorted; [] for none."""
+
+
+def check_key(key: ViewPath) -> None:
+    """``FsError(EINVAL)`` for a key that is not a path of names."""
+    if not key or any(not n or "/" in n or "\0" in n or n in (".", "..") for n in key):
+        raise FsError(errno.EINVAL, f"bad key {'/'.join(key)!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ViewContext:
+    """What a view's factory is given (``mount --view NAME[=ARG]``): a store by name (one name
+    per kind of data: views that share data, such as records and their index, share the name),
+    the mount's clock, and whether the mount is read-only."""
+
+    store: Callable[[str], ViewStore]
+    clock: Clock
+    read_only: bool = False
+
+
+#: a view's factory, as the ``wasmer_dfs.views`` entry points name them: (ARG or None, context)
+#: -> the view, or several views (each at its ``place``)
+ViewFactory = Callable[[str | None, ViewContext], "View | Sequence[View]"]

@@ -162,8 +162,17 @@ class ViewService:
         path = self.path_of(ino)
         node = self._node(path)
         if node is None:
-            raise FsError(errno.ENOENT)
+            if self._being_written(path) is None:
+                raise FsError(errno.ENOENT)
+            node = ViewNode(NodeKind.FILE, writable=True)  # created, stored at its close
         return path, node
+
+    def _being_written(self, path: ViewPath) -> _Handle | None:
+        """A handle writing ``path`` whose content the view has not been given yet."""
+        for h in self._handles.values():
+            if h.writing and h.dirty and h.path == path:
+                return h
+        return None
 
     def _attr(self, path: ViewPath, node: ViewNode) -> Attr:
         root = self.root()
@@ -179,7 +188,10 @@ class ViewService:
             owner = self._owner_of(path)
             assert owner is not None  # only views have files
             view, rel = owner
-            if node.kind is NodeKind.FILE:
+            written = self._being_written(path) if node.writable else None
+            if written is not None:  # what the writer will store at its close
+                size = len(written.data)
+            elif node.kind is NodeKind.FILE:
                 size = len(self._call(view, "read", rel, lambda: view.read(rel)))
             else:
                 size = self._call(view, "stat", rel, lambda: view.stream_size(rel))
