@@ -47,6 +47,11 @@ fi
 # rebuilt only when it changed (docs/adr/0006-pyfuse3-patch.md).
 bash scripts/build_pyfuse3.sh .venv
 
+# the worked example of the views (examples/kv-views, docs/views.md), which the mount tests
+# turn on with --view kv: no build isolation, no dependencies (nothing is downloaded)
+.venv/bin/python -m pip install -q --no-build-isolation --no-deps -e examples/kv-views 2>&1 \
+  | grep -v -i warning >&2 || true
+
 # mount.fuse.wasmer-dfs (fstab, mount -t fuse.wasmer-dfs) and the systemd units
 as_root .venv/bin/wasmer-dfs install-helpers >/dev/null \
   || echo "install: warning: wasmer-dfs install-helpers failed (fstab and systemd units)" >&2
