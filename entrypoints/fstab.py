@@ -58,6 +58,7 @@ MOUNT_VALUES = {
     "extpass": "--extpass",
     "log": "--log",
     "metrics": "--metrics",
+    "view": "--view",  # view=NAME[=ARG], repeatable
 }
 #: -o name -> global option (before the command) that takes no value
 GLOBAL_FLAGS = {

@@ -45,6 +45,13 @@ def test_remote_chain_with_its_log_path() -> None:
         argv("/var/lib/fs", "/mnt/fs", "-o", "log_path=/y")
 
 
+def test_views_are_repeatable_and_keep_their_argument() -> None:
+    cmd = argv("/var/lib/fs", "/mnt/fs", "-o", "view=kv=/etc/kv.json,view=other")
+    assert cmd[-4:] == ["--view", "kv=/etc/kv.json", "--view", "other"]
+    with pytest.raises(FstabError, match="view needs a value"):
+        argv("/var/lib/fs", "/mnt/fs", "-o", "view")
+
+
 def test_system_options_are_ignored() -> None:
     plain = argv("/l", "/m")
     assert plain == [EXE, "mount", "--background", "/m", "/l"]
