@@ -226,6 +226,32 @@ def stats(
     show_stats(mount_path, as_json, interval, count)
 
 
+@app.command()
+def history(
+    path: Annotated[Path, typer.Argument(help="A file inside a mounted wasmer-dfs file system (a deleted one too)")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the versions as JSON (name, time, size, mode, author, conflict)")] = False,
+) -> None:  # fmt: skip
+    """Lists the versions of a file the log still holds: time, size, author (the signing key's
+    hash) and whether it was a conflict copy (from MOUNT/.wasmer-dfs/history/PATH/)."""
+    from entrypoints.past import show_history
+
+    show_history(path, as_json)
+
+
+@app.command()
+def restore(
+    path: Annotated[Path, typer.Argument(help="A file inside a mounted wasmer-dfs file system (a deleted one too)")],
+    as_of: Annotated[str, typer.Option("--as-of", metavar="TIME", help="The version to bring back: the newest at or before TIME (ISO 8601, or a duration before now: 90s, 2h, 1d)")],
+    to: Annotated[Path | None, typer.Option("--to", metavar="NEW_PATH", help="Write it to NEW_PATH (in the same mount, not existing yet) instead of PATH")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Restore a whole directory (not built yet: refused)")] = False,
+) -> None:  # fmt: skip
+    """Brings a version of a file (or a deleted file) back as a new write on the live mount,
+    seen by every mount of the chain; history is never rewritten."""
+    from entrypoints.past import restore as restore_version
+
+    restore_version(path, as_of, to, recursive)
+
+
 @app.command("views")
 def views_command() -> None:
     """Lists the views installed (the wasmer_dfs.views entry points): name, module, what it

@@ -9,7 +9,8 @@
 * ``locks``: the file locks this mount holds through the chain server (the lock table of the
   chain as this mount sees it).
 
-``history/`` is absent until the history issue lands (absent, not an empty directory).
+``history/PATH/``: the versions of the file at PATH, one read-only file per version named by
+its time (application/views/history.py, issue 15).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from application.locks import LockService
 from application.ports.views import NodeKind, Stream, View, ViewNode, ViewPath
 from application.replication import ReplicationService
 from application.stats import Access, OperationStats
+from application.views.history import HistoryView
 from application.views.service import VIEW_FH_BASE, VIEW_INO_BASE, VIEWS_DIR, ViewService
 from domain.fs.model import ROOT_INO, FsError
 from domain.locks import EOF
@@ -277,8 +279,9 @@ class SystemView(View):
 
 
 def builtin_views(state: MountState) -> list[tuple[ViewPath, View]]:
-    """The views every mount has: ``/.wasmer-dfs`` (``SystemView``)."""
-    return [((VIEWS_DIR,), SystemView(state))]
+    """The views every mount has: ``/.wasmer-dfs`` (``SystemView``) and
+    ``/.wasmer-dfs/history`` (``HistoryView``)."""
+    return [((VIEWS_DIR,), SystemView(state)), ((VIEWS_DIR, "history"), HistoryView(state.fs))]
 
 
 def default_views(

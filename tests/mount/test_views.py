@@ -69,8 +69,8 @@ def test_hidden_from_the_root_listing_but_reachable(mounted: MountProc) -> None:
     assert ".wasmer-dfs" not in found.stdout
     views = mounted.mnt / ".wasmer-dfs"
     assert views.is_dir()
-    assert sorted(os.listdir(views)) == ["accesslog", "locks", "stats", "status"]
-    assert not (views / "history").exists()  # absent until the history issue lands
+    assert sorted(os.listdir(views)) == ["accesslog", "history", "locks", "stats", "status"]
+    assert sorted(os.listdir(views / "history")) == ["file.txt"]  # the tree, to walk it
 
 
 def test_writes_and_name_changes_are_refused(mounted: MountProc) -> None:
@@ -184,7 +184,7 @@ def test_a_view_that_raises_gives_eio_and_the_mount_keeps_working(
     assert (mnt / "still.txt").read_text() == "works"
     assert json.loads((mnt / ".wasmer-dfs" / "stats").read_text())["errors"] >= 2
     assert sorted(os.listdir(mnt / ".wasmer-dfs")) == [
-        "accesslog", "broken", "locks", "stats", "status",
+        "accesslog", "broken", "history", "locks", "stats", "status",
     ]  # fmt: skip
 
 

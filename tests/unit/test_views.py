@@ -260,7 +260,9 @@ def test_builtin_views_render_json(rig: Rig) -> None:
     vs = default_views(rig.fs, stats)
     top = vs.lookup(ROOT_INO, b".wasmer-dfs")
     assert top is not None
-    assert names(vs, top.ino) == [b".", b"..", b"status", b"stats", b"accesslog", b"locks"]
+    assert names(vs, top.ino) == [
+        b".", b"..", b"status", b"stats", b"accesslog", b"locks", b"history",
+    ]  # fmt: skip
     status = json.loads(_read(vs, b".wasmer-dfs", b"status"))
     assert status["chain"]["name"] == "local" and status["server"] is None
     assert status["log"]["size"] == rig.fs.session.log.size() > 0
@@ -270,6 +272,5 @@ def test_builtin_views_render_json(rig: Rig) -> None:
     assert json.loads(_read(vs, b".wasmer-dfs", b"locks")) == {"distributed": False, "locks": []}
     accesslog = vs.lookup(top.ino, b"accesslog")
     assert accesslog is not None and accesslog.size == 0
-    with pytest.raises(FsError) as e:
-        vs.lookup(top.ino, b"history")  # absent until the history issue lands
-    assert e.value.errno == errno.ENOENT
+    history = vs.lookup(top.ino, b"history")  # application/views/history.py
+    assert history is not None and stat.S_ISDIR(history.mode)
