@@ -1,4 +1,4 @@
-"""The past the log still holds (issue 15, docs/adr/0022): the tree as it was at a time (time
+"""The past the log still holds (issue 15, docs/adr/0023): the tree as it was at a time (time
 travel) and the versions of one file (history, restore).
 
 Both are replays. A transaction's *time* is its seal's ``Timestamp`` (the writer's clock when

@@ -62,7 +62,7 @@ class MountRequest:
     #: for a replica without a local log yet: the chain's header as the server holds it (the
     #: log is created empty; the events arrive by replication). None: a new chain is created.
     replica_header: bytes | None = None
-    #: time travel (docs/adr/0022): replay only up to this time (ms since the epoch), read only,
+    #: time travel (docs/adr/0023): replay only up to this time (ms since the epoch), read only,
     #: without the checkpoint; None: the whole log
     as_of_ms: int | None = None
 

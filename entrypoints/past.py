@@ -1,5 +1,5 @@
 """`wasmer-dfs history PATH` and `wasmer-dfs restore PATH --as-of TIME [--to NEW_PATH]` (issue
-15 part B, docs/adr/0022): both read the mount's ``/.wasmer-dfs/history/PATH/`` view
+15 part B, docs/adr/0023): both read the mount's ``/.wasmer-dfs/history/PATH/`` view
 (application/views/history.py), so they work on any mount, local or replicated, without the
 passcode. A restore writes the version's bytes back through the mount as a new write (a new
 event, replicated like any other): history is never rewritten."""

@@ -1,5 +1,5 @@
 """`wasmer-dfs mount MNT [SOURCE] --as-of TIME`: the tree as it was at TIME, read only
-(issue 15, docs/adr/0022).
+(issue 15, docs/adr/0023).
 
 The local log is replayed up to TIME (application/history.py) and served read-only: every write
 gets EROFS. A remote SOURCE (ws://...) names the replica whose local log is replayed: the chain

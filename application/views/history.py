@@ -1,5 +1,5 @@
 """``/.wasmer-dfs/history/PATH/``: the versions of the file at PATH, one read-only file per
-version named by its time (issue 15 part B, issue 18; docs/adr/0022).
+version named by its time (issue 15 part B, issue 18; docs/adr/0023).
 
 * ``history/DIR/`` of a directory of the live tree lists its entries, so the history can be
   walked like the tree; a name that is not there now (a deleted file) is still found by name;

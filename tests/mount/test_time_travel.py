@@ -1,4 +1,4 @@
-"""The past on demand (issue 15 part B, docs/adr/0022), on real mounts: `mount --as-of TIME`
+"""The past on demand (issue 15 part B, docs/adr/0023), on real mounts: `mount --as-of TIME`
 shows the tree as it was (overwritten and deleted files included) and refuses every write with
 EROFS, for a local chain beside its live mount and for a replica without its server; a time
 before the log's oldest is refused with that time."""
