@@ -59,6 +59,9 @@ class _Handle:
     writing: bool = False
     #: written since the last store (``flush``)
     dirty: bool = False
+    #: data came through ``write`` (a handle that only created or truncated the file is stored
+    #: at its release: a close of a duplicate before the first write must not store nothing)
+    wrote: bool = False
 
 
 class ViewService:
@@ -366,14 +369,18 @@ class ViewService:
         if len(h.data) < offset:
             h.data.extend(bytes(offset - len(h.data)))
         h.data[offset:end] = buf
-        h.dirty = True
+        h.dirty = h.wrote = True
         return len(buf)
 
     def flush(self, fh: int) -> None:
-        """Store what was written through ``fh`` (its close or fsync): the view may refuse it."""
+        """Store what was written through ``fh`` (its close or fsync): the view may refuse it.
+        Before the first write nothing is stored (a shell's ``>`` closes a duplicate of the new
+        file before anything is written): an empty file is stored at its release."""
         h = self._handle(fh)
-        if not h.dirty:
-            return
+        if h.dirty and h.wrote:
+            self._store(h)
+
+    def _store(self, h: _Handle) -> None:
         view, rel = self._view_of(h.path)
         data = bytes(h.data)
         self._call(view, "write", rel, lambda: view.write(rel, data))
@@ -392,6 +399,8 @@ class ViewService:
 
     def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
+        if h is not None and h.dirty and not h.wrote:  # created or truncated only: empty
+            self._store(h)
         if h is not None and h.stream is not None:
             view, rel = self._view_of(h.path)
             self._call(view, "close", rel, h.stream.close)

@@ -165,3 +165,33 @@ def test_status_shows_the_last_compaction_the_composition_root_passes(mounter: M
     assert doc["compaction"] is not None and doc["compaction"]["last"] is not None, doc
     assert doc["compaction"]["last"]["after"] < doc["compaction"]["last"]["before"]
     assert (mnt / ".kv" / "users").is_dir()
+
+
+def test_shell_redirections_and_cp(mounter: Mounter, tmp_path: Path) -> None:
+    """A shell's `>` closes a duplicate of the new file before echo writes: nothing is stored
+    (or refused) until data comes. cp reports a refusal (bash's `>` does not check close)."""
+    mnt, logdir = mounter.dirs()
+    mp = mounter.mount(mnt, logdir, "--view", "kv")
+    users = mnt / ".kv" / "users"
+    rec = json.dumps(ADA)
+    sh = subprocess.run(
+        ["bash", "-c", f"echo '{rec}' > {users}/42.json"], capture_output=True, text=True,
+        timeout=30, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert sh.returncode == 0, sh.stderr
+    assert json.loads((users / "42.json").read_text()) == ADA
+    assert list(json.loads((users / "42.json").read_text())) == ["id", "name", "email"]
+    time.sleep(0.3)
+    assert "refused" not in mp.stderr(), mp.stderr()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"id": 7}')
+    cp = subprocess.run(
+        ["cp", str(bad), str(users / "7.json")], capture_output=True, text=True, timeout=30,
+        check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert cp.returncode != 0 and "Invalid argument" in cp.stderr, cp.stderr
+    # an empty file is stored at its last close, where the refusal can only be logged
+    subprocess.run(["bash", "-c", f": > {users}/8.json"], timeout=30, check=False)
+    eventually(lambda: "refused users/8.json: not JSON" in mp.stderr() or (_ for _ in ()).throw(
+        AssertionError(mp.stderr())), "the empty record refused in the log", 10)  # fmt: skip
+    assert os.listdir(users) == ["42.json"]

@@ -100,7 +100,8 @@ class Records:
         if event.get("type") != RECORD_TYPE or event.get("table") != table:
             raise ValueError(f"{table}/{rid}: not a {RECORD_TYPE} event")
         record: dict[str, object] = event["record"]
-        return record
+        order = self.schema[table]  # the schema's order (stored with sorted keys)
+        return {**{f: record[f] for f in order if f in record}, **record}
 
     def all(self) -> Iterator[tuple[str, int, dict[str, object]]]:
         for table in self.schema:
