@@ -30,8 +30,8 @@ from application.checkpoint import CompactionMark
 from application.ports import Clock, LogError, LogRecord, RedoLog, RedoLogFactory, ScannedRecord
 from application.session import ChainSession, SessionError
 from domain.chain import Located, Transaction
-from domain.compaction import CompactPolicy, Planner, compaction_due
-from domain.events import EventHeader, Signature, make_header
+from domain.compaction import CompactPolicy, HistoryWindow, Planner, compaction_due
+from domain.events import EventHeader, Signature, Timestamp, make_header
 from domain.formats import Format
 
 _log = logging.getLogger("wasmer_dfs.compaction")
@@ -59,6 +59,13 @@ class CompactionResult:
     objects: int  # live objects
     tail_events: int  # events written while the compaction ran, carried over
     seconds: float
+    history_events: int = 0  # events of the history window, kept as they were
+
+
+def seal_time(seal: EventHeader) -> int | None:
+    """The time (ms since the epoch) a transaction's seal carries (None: none)."""
+    ts = seal.find(Timestamp)
+    return int(ts.ms) if isinstance(ts, Timestamp) else None
 
 
 def _noop_hook(step: str, n: int) -> None:
@@ -85,6 +92,9 @@ class ChainRewriter:
         self._tx_start = -1
         self.events = 0
         self.transactions = 0
+        #: the time the seals it makes carry (None: now): a compacted prefix carries the time
+        #: of the last transaction it folds, so time travel finds it where it was
+        self.stamp_ms: int | None = None
 
     def copy(
         self, rec: ScannedRecord, hdr: EventHeader, data: bytes | None, *, auto_seal: bool = True
@@ -105,12 +115,14 @@ class ChainRewriter:
         ):
             self.seal()
 
-    def seal(self) -> None:
-        """Seal the current transaction with a local seal over the new log's head."""
+    def seal(self, at_ms: int | None = None) -> None:
+        """Seal the current transaction with a local seal over the new log's head, stamped
+        ``at_ms`` (default ``stamp_ms``, else now)."""
         if not self._events:
             return
         hashes = [e.header.hash for e in self._events]
-        meta = self.shadow.seal_meta(self.shadow.index.head, hashes)
+        stamp = at_ms if at_ms is not None else self.stamp_ms
+        meta = self.shadow.seal_meta(self.shadow.index.head, hashes, stamp)
         hdr = make_header(meta, self.fmt, None)
         self._close(hdr, hdr.meta_bytes, int(self.fmt))
 
@@ -148,6 +160,10 @@ class CompactionJob:
         self.kept = 0
         self.objects = 0
         self.tail_events = 0
+        #: events of the history window (transactions newer than its cutoff) kept as they were
+        self.history_events = 0
+        #: where the folded prefix ends in the old log (the end without a window)
+        self.split = end
         self.started = time.monotonic()
         self._cancel = threading.Event()
 
@@ -162,20 +178,25 @@ class CompactionJob:
     def build(self) -> None:
         c = self.compactor
         session, old, hook, progress = c.session, self.old, c.hook, c.progress
+        window = c.policy.window
+        fold_ms: int | None = None
+        if window.ms:
+            self.split, fold_ms = self._split(window, c.clock.now_ms())
         planner = Planner(session.header.chain_id, session.header.root_write)
-        for n, rec in enumerate(old.scan(None, self.end), 1):
+        for n, rec in enumerate(old.scan(None, self.split), 1):
             if not n & 1023:
                 self._check()
                 progress("scan", rec.position, self.end)
             if not rec.commit:
                 planner.add(rec.position, session.parse(rec))
-        progress("scan", self.end, self.end)
+        progress("scan", self.split, self.split)
         plan = planner.plan()
         self.events, self.objects, self.kept = plan.events, plan.objects, len(plan.positions)
         hook("planned", self.kept)
         self.tmp = c.logs.create_temp(c.chain, old.header)
         self.shadow = session.shadow(self.tmp)
         self.rewriter = rw = ChainRewriter(self.tmp, self.shadow, session.formats.meta)
+        rw.stamp_ms = fold_ms
         total = len(plan.positions)
         for i, pos in enumerate(plan.positions):
             if not i & 255:
@@ -186,9 +207,37 @@ class CompactionJob:
             rw.copy(rec, session.parse(rec), data)
             hook("copy", i)
         rw.seal()
+        rw.stamp_ms = None
         progress("copy", total, total)
+        if self.split < self.end:  # the history window: every transaction after the cutoff
+            self.copied_to = self.split
+            self.copy_tail(self.end)
+            self.history_events, self.tail_events = self.tail_events, 0
+            self._check()
         self.tmp.sync()
         hook("built", total)
+
+    def _split(self, window: HistoryWindow, now_ms: int) -> tuple[int, int | None]:
+        """Where the prefix a compaction folds ends in the old log (``HistoryWindow.folded``),
+        and the time of its last transaction (None: nothing is folded)."""
+        starts: list[int] = []  # the position of each transaction's first record
+        times: list[int | None] = []
+        start: int | None = None
+        for n, rec in enumerate(self.old.scan(None, self.end), 1):
+            if not n & 4095:
+                self._check()
+            if start is None:
+                start = rec.position
+            if rec.commit:
+                starts.append(start)
+                times.append(seal_time(self.compactor.session.parse(rec)))
+                start = None
+        folded = window.folded(times, now_ms)
+        split = starts[folded] if folded < len(starts) else self.end
+        last = None
+        for t in times[:folded]:
+            last = t if t is not None else last
+        return split, last
 
     def catch_up(self) -> None:
         """Copy what was committed to the old log meanwhile, until little is left for finish."""
@@ -215,7 +264,7 @@ class CompactionJob:
                 if any(isinstance(m, Signature) for m in hdr.meta):
                     rw.copy_seal(rec, hdr)
                 else:
-                    rw.seal()
+                    rw.seal(seal_time(hdr))  # re-sealed over the new head, at its own time
                 self.tail_events += count
                 count = 0
             # a seal without events is an attestation of the old head: dropped
@@ -357,6 +406,7 @@ class Compactor:
             objects=job.objects,
             tail_events=job.tail_events,
             seconds=time.monotonic() - job.started,
+            history_events=job.history_events,
         )
         self.completed += 1
         return self.last
@@ -394,3 +444,44 @@ class Compactor:
         except (OSError, LogError, SessionError) as exc:
             _log.warning("no checkpoint was saved: %s", exc)
             return False
+
+
+@dataclass(frozen=True, slots=True)
+class HistorySpace:
+    """What the past takes in a log (``verify``): ``live`` bytes hold the newest version of
+    every live object (what a compaction keeping no history keeps, seals aside), the rest of
+    the log is history - earlier versions, deleted objects, seals and attestations."""
+
+    log_bytes: int
+    live_bytes: int
+    #: the time of the first transaction the log holds (None: none has a time)
+    oldest_ms: int | None
+
+    @property
+    def history_bytes(self) -> int:
+        return max(0, self.log_bytes - self.live_bytes)
+
+
+def history_space(session: ChainSession, log: RedoLog | None = None) -> HistorySpace:
+    """Measure ``HistorySpace`` of the session's log (or ``log``): one scan and a plan, as a
+    compaction without a window would make it; a record's size is the distance to the next."""
+    log = log if log is not None else session.log
+    end = log.committed_end
+    planner = Planner(session.header.chain_id, session.header.root_write)
+    sizes: dict[int, int] = {}
+    prev: int | None = None
+    oldest: int | None = None
+    for rec in log.scan(None, end):
+        if prev is not None:
+            sizes[prev] = rec.position - prev
+        prev = rec.position
+        hdr = session.parse(rec)
+        if rec.commit:
+            if oldest is None:
+                oldest = seal_time(hdr)
+        else:
+            planner.add(rec.position, hdr)
+    if prev is not None:
+        sizes[prev] = end - prev
+    live = sum(sizes.get(p, 0) for p in planner.plan().positions)
+    return HistorySpace(log_bytes=log.size(), live_bytes=live, oldest_ms=oldest)

@@ -617,10 +617,13 @@ class ChainSession:
         except DomainError as exc:
             raise ChainIntegrityError(f"a rewritten transaction fails validation: {exc}") from None
 
-    def seal_meta(self, tx_head: bytes, event_hashes: Sequence[bytes]) -> list[Meta]:
+    def seal_meta(
+        self, tx_head: bytes, event_hashes: Sequence[bytes], at_ms: int | None = None
+    ) -> list[Meta]:
         """The metadata of a local seal over a transaction of ``event_hashes`` that follows
-        ``tx_head`` (just a timestamp in a chain without keys)."""
-        meta: list[Meta] = [Timestamp(self.clock.now_ms())]
+        ``tx_head`` (just a timestamp in a chain without keys), stamped ``at_ms`` (default now:
+        a compaction keeps the time of the transactions it re-seals)."""
+        meta: list[Meta] = [Timestamp(self.clock.now_ms() if at_ms is None else at_ms)]
         if self.keys.seal_key is not None:
             digest = transaction_digest(self.header.chain_id, event_hashes)
             meta.insert(0, self.keys.local_seal(tx_head, digest))

@@ -23,7 +23,7 @@ a dentry names it (the view counts sub-directories when a dentry names a directo
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from domain.chain import ChainIndex, Located
@@ -54,10 +54,16 @@ class CompactPolicy:
     size: int = 100 * MiB
     #: compact when this many seconds passed since the last compaction
     timer: float = 3600.0
+    #: the history window (``--keep-history``, ms): what a compaction keeps of the past
+    keep_history_ms: int = 0
 
     def __post_init__(self) -> None:
-        if self.factor < 0 or self.size < 0 or self.timer < 0:
+        if self.factor < 0 or self.size < 0 or self.timer < 0 or self.keep_history_ms < 0:
             raise ValueError("compaction thresholds must not be negative")
+
+    @property
+    def window(self) -> HistoryWindow:
+        return HistoryWindow(self.keep_history_ms)
 
 
 def compaction_due(
@@ -95,6 +101,68 @@ def compaction_due(
     if mode is CompactMode.SIZE_OR_TIMER:
         return by_size or by_timer
     raise ValueError(f"unknown compaction mode {mode!r}")
+
+
+# --- how far back: the history window -----------------------------------------------------------
+DAY_MS = 86_400_000
+#: what a chain server keeps of the past unless told (``serve --keep-history``): a week
+SERVE_HISTORY_MS = 7 * DAY_MS
+#: what a mount keeps unless told (``mount --keep-history``): nothing (docs/adr/0007)
+MOUNT_HISTORY_MS = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryWindow:
+    """The past a compaction keeps (docs/adr/0007, "History window"): every version newer than
+    ``now - ms``, and deleted objects for that long. The one rule both compaction (what to
+    drop) and time travel (how far back a log reaches) follow.
+
+    A transaction's time is its seal's ``Timestamp`` (one without takes the time of the
+    transaction before it). A compaction folds the *prefix* of the log up to the last
+    transaction whose time is at most ``now - ms`` into the state it left (the newest version
+    of every object live then), and keeps every transaction after it as it was, in order, with
+    its time. So the tree at any time from the cutoff on replays exactly as before the
+    compaction: a version written, superseded or deleted after the cutoff is still there, and
+    so is an object deleted after it (it was live at the cutoff). Time travel picks the same
+    prefix (``folded``) for a time, so both agree on what "as of T" means.
+    """
+
+    ms: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ms < 0:
+            raise ValueError("a history window must not be negative")
+
+    def cutoff(self, now_ms: int) -> int:
+        """The oldest time the window reaches at ``now_ms``."""
+        return now_ms - self.ms
+
+    def keeps(self, at_ms: int, now_ms: int) -> bool:
+        """Whether a version written (or an object deleted) at ``at_ms`` lies in the window:
+        newer than ``now_ms - ms``. A window of 0 keeps nothing."""
+        return self.ms > 0 and at_ms > self.cutoff(now_ms)
+
+    def folded(self, times: Sequence[int | None], now_ms: int) -> int:
+        """How many leading transactions (their times in log order) a compaction at ``now_ms``
+        folds into the state they leave: all with a window of 0, else ``prefix_at`` the
+        cutoff."""
+        if self.ms == 0:
+            return len(times)
+        return prefix_at(times, self.cutoff(now_ms))
+
+
+def prefix_at(times: Sequence[int | None], at_ms: int) -> int:
+    """How many leading transactions make the state as of ``at_ms``: those up to the last whose
+    time is at most ``at_ms`` (a transaction without a time takes the time of the one before;
+    a later one may depend on an earlier one, so the state as of a time is always a prefix)."""
+    count = 0
+    last: int | None = None
+    for i, t in enumerate(times, 1):
+        t = t if t is not None else last
+        if t is not None and t <= at_ms:
+            count = i
+        last = t
+    return count
 
 
 # --- what -----------------------------------------------------------------------------------------

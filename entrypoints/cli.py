@@ -117,6 +117,7 @@ def mount(
     compact_threshold_factor: Annotated[float, typer.Option("--compact-threshold-factor", help="Factor growth in the log file which will trigger compaction")] = 0.4,
     compact_threshold_size: Annotated[int, typer.Option("--compact-threshold-size", help="Size of growth in bytes in the log file which will trigger compaction")] = 104857600,
     compact_timer: Annotated[int, typer.Option("--compact-timer", help="Time in seconds between compactions of the log file")] = 3600,
+    keep_history: Annotated[str, typer.Option("--keep-history", metavar="DURATION", help="What compaction keeps of the past: every version newer than DURATION, and deleted files for that long (0, 90m, 2h, 7d; --as-of reaches that far back)")] = "0",
     configured_for: Annotated[Preset | None, typer.Option("--configured-for", help="Configure the log file for barebone, speed, compatibility, balanced or security: formats, clock tolerance, DNSSEC (docs/adr/0014; raw is refused) [default: the preset the chain was created with, else speed]")] = None,
     data_format: Annotated[FormatName | None, typer.Option("--data-format", help="Format of the data in the log file [default: the preset's]")] = None,
     gid: Annotated[int | None, typer.Option("--gid", "-g", help="GID of the group that this file system will be mounted as: every file appears owned by this group (like sshfs -o gid=)")] = None,
@@ -139,7 +140,7 @@ def mount(
     settings = mounting.mount_settings(
         mount_path, remote, log_path,
         compaction=(compact_mode, compact_threshold_factor, compact_threshold_size, compact_timer),
-        preset=configured_for, recovery_mode=recovery_mode,
+        keep_history=keep_history, preset=configured_for, recovery_mode=recovery_mode,
         meta_format=None if meta_format is None else meta_format.value,
         data_format=None if data_format is None else data_format.value,
         compact_now=compact_now, read_only=read_only, passcode=passcode, uid=uid, gid=gid,

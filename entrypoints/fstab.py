@@ -48,6 +48,7 @@ MOUNT_VALUES = {
     "compact_threshold_factor": "--compact-threshold-factor",
     "compact_threshold_size": "--compact-threshold-size",
     "compact_timer": "--compact-timer",
+    "keep_history": "--keep-history",
     "configured_for": "--configured-for",
     "data_format": "--data-format",
     "meta_format": "--meta-format",

@@ -31,7 +31,13 @@ from domain.presets import settings as preset_settings
 from entrypoints import bootstrap, daemon
 from entrypoints.console import CANNOT_MOUNT, REFUSED, STOPPED, UNSAVED, USAGE, fail, say, warn
 from entrypoints.replica_server import Server, find_server
-from entrypoints.settings import LOCAL_CHAIN, GlobalSettings, OptionError, host_port
+from entrypoints.settings import (
+    LOCAL_CHAIN,
+    GlobalSettings,
+    OptionError,
+    host_port,
+    keep_history_ms,
+)
 
 if TYPE_CHECKING:
     from adapters.fuse_runner import Replicated
@@ -103,6 +109,7 @@ def mount_settings(
     log_path: Path | None,
     *,
     compaction: tuple[CompactMode, float, int, int],
+    keep_history: str = "0",
     preset: Preset | None,
     meta_format: str | None,
     data_format: str | None,
@@ -133,7 +140,7 @@ def mount_settings(
             preset_settings(preset)
         except PresetError as exc:
             fail(str(exc), USAGE)
-    policy = _compact_policy(*compaction)
+    policy = _compact_policy(*compaction, keep_history=keep_history)
     if remote is not None:
         checked_chain_name(remote)  # exit 2 for a URL that names no chain
         if compact_now:
@@ -178,14 +185,20 @@ def _view_specs(views: Sequence[str]) -> tuple[tuple[str, str | None], ...]:
     return tuple(specs)
 
 
-def _compact_policy(mode: CompactMode, factor: float, size: int, timer: int) -> CompactPolicy:
+def _compact_policy(
+    mode: CompactMode, factor: float, size: int, timer: int, *, keep_history: str = "0"
+) -> CompactPolicy:
+    try:
+        history_ms = keep_history_ms(keep_history)
+    except OptionError as exc:
+        fail(str(exc), USAGE)
     if factor < 0:
         fail("--compact-threshold-factor must not be negative", USAGE)
     if size < 0:
         fail("--compact-threshold-size must not be negative", USAGE)
     if timer < 0:
         fail("--compact-timer must not be negative", USAGE)
-    return CompactPolicy(mode, factor, size, float(timer))
+    return CompactPolicy(mode, factor, size, float(timer), history_ms)
 
 
 def checked_chain_name(url: str) -> str:

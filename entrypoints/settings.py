@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import typer
 
+from domain.timespec import duration_ms
+
 #: the name of a mount's chain in its own log directory (local.log: a local chain or a replica)
 LOCAL_CHAIN = "local"
 #: the levels of --wire-encryption (ML-KEM-512/768/1024)
@@ -65,3 +67,15 @@ def host_port(value: str, option: str) -> tuple[str, int]:
     if not host or "[" in host or "]" in host:
         raise OptionError(f"{option} must be HOST:PORT, not {value!r}")
     return host, int(port)
+
+
+def keep_history_ms(value: str, option: str = "--keep-history") -> int:
+    """``--keep-history DURATION`` in milliseconds: ``0`` (no history) or a duration such as
+    ``7d``, ``2h``, ``90m``, ``1d12h``; ``OptionError`` naming ``option`` otherwise."""
+    text = value.strip()
+    ms = 0 if text == "0" else duration_ms(text)
+    if ms is None:
+        raise OptionError(
+            f"{option} must be 0 or a duration (90s, 30m, 2h, 7d, 1d12h), not {value!r}"
+        )
+    return ms

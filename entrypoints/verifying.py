@@ -8,10 +8,12 @@ from pathlib import Path
 
 import typer
 
+from application.compaction import HistorySpace, history_space
 from application.mount import MountRequest
 from application.ports import LogError
 from application.repair import Repairer
 from application.session import Formats, SessionError
+from domain.timespec import iso_ms
 from entrypoints import bootstrap
 from entrypoints.console import REFUSED, USAGE, fail
 from entrypoints.mounting import passcode_of
@@ -42,12 +44,14 @@ def verify_log(logs_dir: Path, passcode: str | None, *, repair: bool, no_auth: b
         try:
             refused = bootstrap.build_refusals(logs_dir, LOCAL_CHAIN).entries()
             report = verify_chain(mounted.fs, mounted.transactions, progress=bar, refused=refused)
+            space = history_space(mounted.session)
         finally:
             mounted.close()
     typer.echo(
         f"{logs_dir}: {report.transactions} transactions, {report.objects} objects,"
         f" {report.inodes} inodes, {report.pages} pages, {report.log_bytes} bytes"
     )
+    typer.echo(history_line(space))
     if report.torn_bytes:
         typer.echo(
             f"torn tail: {report.torn_bytes} bytes after the last commit (cut at next mount)"
@@ -60,6 +64,17 @@ def verify_log(logs_dir: Path, passcode: str | None, *, repair: bool, no_auth: b
     if not report.ok:
         fail(f"{len(report.problems)} problems found", 1)
     typer.echo("ok")
+
+
+def history_line(space: HistorySpace) -> str:
+    """What the past takes, in words (``verify``)."""
+    share = 100 * space.history_bytes / space.log_bytes if space.log_bytes else 0.0
+    since = "" if space.oldest_ms is None else f", reaching back to {iso_ms(space.oldest_ms)}"
+    return (
+        f"history: {space.history_bytes} bytes ({share:.0f}% of the log) hold earlier versions,"
+        f" deleted files and seals{since}; the newest versions take {space.live_bytes} bytes"
+        " (what a compaction with --keep-history 0 would leave)"
+    )
 
 
 def _repair(repairer: Repairer, secret: bytes | None) -> None:
