@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -48,9 +48,14 @@ from application.server_peer import Peer
 from domain.secure_wire import TAG_SIZE, SecureOffer, decode_offer
 from domain.wire import Commit, Fatal, Hello, WireError, decode_client, encode
 
+if TYPE_CHECKING:
+    from adapters.ws_auth import AuthHost
+
 _log = logging.getLogger("wasmer_dfs.server")
 
 PATH_PREFIX = "/db/"
+#: the auth service's path on the same listener (adapters/ws_auth.py; issue 14)
+AUTH_PATH = "/auth"
 
 
 def chain_from_path(path: str) -> str:
@@ -283,11 +288,14 @@ class WsChainServer:
         close_timeout: float = 5.0,
         ping_interval: float | None = 20.0,
         wire: ServerWire | None = None,
+        auth: AuthHost | None = None,
     ) -> None:
         """``wire``: the server's wire encryption keys and the least level it requires (None:
-        encrypted clients are refused, plain ones served)."""
+        encrypted clients are refused, plain ones served). ``auth``: the auth service served at
+        ``/auth`` (None: none)."""
         self.app = app
         self.wire = wire
+        self.auth = auth
         self.bind = (host, port)
         self.drain_timeout = drain_timeout
         self.close_timeout = close_timeout
@@ -354,6 +362,8 @@ class WsChainServer:
             server.close(close_connections=False)  # stop listening now
         for conn in list(self._conns):
             conn.stop_reading()
+        if self.auth is not None:
+            await self.auth.close()  # ends its connections, then closes its log
         for syncer in list(self._syncers.values()):
             await syncer.flush()
         self.flushed.set()
@@ -400,6 +410,8 @@ class WsChainServer:
 
     # -- connections -----------------------------------------------------------------------------
     def _check_path(self, ws: ServerConnection, request: Request) -> Response | None:
+        if self.auth is not None and urlsplit(request.path).path == AUTH_PATH:
+            return None
         try:
             chain_from_path(request.path)
         except ValueError as exc:
@@ -410,6 +422,9 @@ class WsChainServer:
         assert ws.request is not None
         if self.closing:
             await ws.close(CloseCode.GOING_AWAY, "server shutting down")
+            return
+        if self.auth is not None and urlsplit(ws.request.path).path == AUTH_PATH:
+            await self.auth.serve(ws)
             return
         conn = _Connection(self, ws, chain_from_path(ws.request.path))
         self._conns.add(conn)

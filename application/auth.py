@@ -29,6 +29,7 @@ from domain.auth.records import (
     check_email,
     check_group_name,
     key_set_context,
+    login_context,
     role_seal_context,
 )
 from domain.auth.roles import ORDER, Role, roles_held
@@ -171,6 +172,12 @@ class AuthKeys:
             raise WrongPassword(
                 f"wrong password for {record.email} (or a stale sudo share)"
             ) from None
+
+    def login_proof(self, email: str, password: bytes, kdf: PasswordKdf) -> bytes:
+        """What proves the password to the auth service before it hands out the sealed record
+        (so nobody else gets it to guess at): HKDF of the password key, independent of the
+        sealing keys; the server keeps only its SHA-256."""
+        return hkdf_sha256(self._password_key(password, kdf), salt=b"", info=login_context(email))
 
     # -- role keys ------------------------------------------------------------------------
 

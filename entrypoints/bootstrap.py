@@ -28,12 +28,17 @@ if TYPE_CHECKING:
     from adapters.metrics import MetricsServer, MountSource
     from adapters.secure_channel import ClientWire
     from adapters.view_plugins import Installed
+    from adapters.ws_auth import AuthHost
     from adapters.ws_server import WsChainServer
     from application.compaction import Compactor
     from application.mount import Mounted
     from application.ports import RefusalRecord
     from application.replication import RecoveryMode
     from application.views import ViewService
+
+
+#: the auth service's log directory inside `serve --data-dir` (chains are NAME.log beside it)
+AUTH_DIR = "auth"
 
 
 class Container(containers.DeclarativeContainer):
@@ -159,7 +164,18 @@ def build_server(
     app = ChainServer(
         FileRedoLogFactory(data_dir.expanduser()), build_crypto(), clock or SystemClock(), config
     )
-    return WsChainServer(app, host, port, wire=wire)
+    return WsChainServer(app, host, port, wire=wire, auth=build_auth(data_dir, clock))
+
+
+def build_auth(data_dir: Path, clock: Clock | None = None) -> AuthHost:
+    """The auth service of ``serve`` (issue 14): its event log in ``data_dir/auth/`` (the file
+    redo log, apart from the chains' logs), the real ML-DSA verifier, the system clock (or
+    ``clock``). ``LogError`` when its log cannot be opened (e.g. another server holds it)."""
+    from adapters.ws_auth import AuthHost
+    from application.auth_server import AuthService
+
+    logs = FileRedoLogFactory(data_dir.expanduser() / AUTH_DIR)
+    return AuthHost(AuthService(logs, build_crypto(), clock or SystemClock()))
 
 
 def build_replica(

@@ -59,6 +59,7 @@ def server_or_exit(
     events lie too far in the future). ``wire_encryption``: the least level of wire encryption
     every client must use (None: plain clients too); exit 1 when its keys cannot be had."""
     from adapters.secure_channel import ServerKeyError
+    from application.ports import LogError
     from entrypoints.bootstrap import build_clock, build_server
 
     try:
@@ -69,6 +70,8 @@ def server_or_exit(
         return build_server(data_dir, config, host, port, clock, wire_encryption)
     except ServerKeyError as exc:
         fail(str(exc), 1)
+    except LogError as exc:  # the auth service's log (data_dir/auth/)
+        fail(f"cannot open the auth service's log in {data_dir}: {exc}", 1)
 
 
 async def run_server(server: WsChainServer, stop: asyncio.Event | None = None) -> None:
@@ -83,6 +86,8 @@ async def run_server(server: WsChainServer, stop: asyncio.Event | None = None) -
     try:
         await server.start()
         say(f"serving chains at {server.url}/db/NAME")
+        if server.auth is not None:
+            say(f"auth service at {server.url}/auth")
         if server.wire is not None and server.wire.required is not None:
             say(f"wire encryption of at least {server.wire.required} bits required")
         notify("READY=1\nSTATUS=serving chains")  # Type=notify under systemd (no-op otherwise)

@@ -13,7 +13,9 @@ They ship with the program because tests, benchmarks and tools build services on
 * ``ReplicaSync``: ``MemoryReplicaHub().replica()`` (replicas of a chain held in a list);
 * ``RemoteConnector`` / ``RemoteChain``: ``MemoryChainServer(app).connector(chain)`` (the chain
   server application in process, driven without a socket);
-* ``ViewStore``: ``MemoryViewStore`` (records in a dict).
+* ``ViewStore``: ``MemoryViewStore`` (records in a dict);
+* ``AuthConnector`` / ``AuthLink``: ``MemoryAuthConnector(service)`` (adapters/memory/auth.py:
+  the auth service's ``AuthSession`` in process, no socket).
 
 ``Crypto`` has no twin here: see the ADR (tests use ``tests.fakes.FastCrypto``, the real
 algorithms with a cheap Argon2id).

@@ -10,6 +10,7 @@ its promise, which tests/contract/ checks against every adapter and twin of the 
   and ``KdfParams``;
 * ``time``: ``Clock``;
 * ``names``: ``Resolver``;
+* ``auth``: ``AuthConnector``, ``AuthLink`` (a client's connection to the auth service);
 * ``locks``: ``LockCoordinator``, ``PendingLock``, ``HeldLocks``, ``ReplicaSync``;
 * ``remote``: ``RemoteConnector``, ``RemoteChain``, ``KernelCache``, ``RefusalRecord``;
 * ``views``: ``View``, ``Stream`` (emulated files) and their ``ViewNode``, ``NodeKind``;
@@ -20,6 +21,11 @@ here (``from application.ports import Clock``) or from the module."""
 
 from __future__ import annotations
 
+from application.ports.auth import (
+    AuthConnector,
+    AuthLink,
+    AuthUnavailable,
+)
 from application.ports.chain_store import (
     ChainStore,
     ChainStoreFactory,
@@ -85,6 +91,9 @@ from application.ports.views import (
 
 __all__ = [
     "Acquire",
+    "AuthConnector",
+    "AuthLink",
+    "AuthUnavailable",
     "ChainStore",
     "ChainStoreFactory",
     "Clock",

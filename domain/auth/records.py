@@ -138,6 +138,11 @@ def key_set_context(email: str, which: str) -> bytes:
     return f"wasmer-dfs/user-keys/v1\0{email}\0{which}".encode()
 
 
+def login_context(email: str) -> bytes:
+    """What the login proof derived from a user's password key is bound to."""
+    return f"wasmer-dfs/login/v1\0{email}".encode()
+
+
 def check_email(email: str) -> str:
     """``email`` when it has the form of an address (one @, no spaces, at most 254 characters);
     ``AuthError`` saying so otherwise."""
