@@ -30,9 +30,11 @@ if TYPE_CHECKING:
     from adapters.view_plugins import Installed
     from adapters.ws_auth import AuthHost
     from adapters.ws_server import WsChainServer
+    from application.auth import AuthKeys
     from application.compaction import Compactor
     from application.mount import Mounted
     from application.ports import RefusalRecord
+    from application.ports.auth import AuthConnector
     from application.replication import RecoveryMode
     from application.views import ViewService
 
@@ -176,6 +178,16 @@ def build_auth(data_dir: Path, clock: Clock | None = None) -> AuthHost:
 
     logs = FileRedoLogFactory(data_dir.expanduser() / AUTH_DIR)
     return AuthHost(AuthService(logs, build_crypto(), clock or SystemClock()))
+
+
+def build_auth_client(url: str) -> tuple[AuthConnector, AuthKeys]:
+    """The `user`, `token` and `group` commands' way to the auth service at ``url`` (the
+    websocket adapter) and the keys they make and open (the real algorithms, the default
+    Argon2id cost for passwords and token passphrases)."""
+    from adapters.ws_auth import WsAuthConnector
+    from application.auth import AuthKeys
+
+    return WsAuthConnector(url), AuthKeys(build_crypto())
 
 
 def build_replica(

@@ -49,6 +49,8 @@ token_app = typer.Typer(
 app.add_typer(user_app, name="user")
 app.add_typer(group_app, name="group")
 app.add_typer(token_app, name="token")
+#: the commands that take --auth, --token and --token-path today (entrypoints/auth_commands.py)
+AUTH_COMMANDS = ("user", "group", "token")
 
 
 def _version(value: bool) -> None:
@@ -66,12 +68,12 @@ def main_options(
     no_ntp: Annotated[bool, typer.Option("--no-ntp", help="Do not use NTP; the local clock stamps events")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Sets the level of log verbosity, can be used multiple times")] = 0,
     version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Prints version information")] = False,
-    auth: Annotated[str | None, typer.Option("--auth", "-a", help="URL where the user is authenticated [default: ws://wasmer.sh/auth] (users and authentication: not yet, giving it is refused)")] = None,
+    auth: Annotated[str | None, typer.Option("--auth", "-a", help="URL where the user is authenticated [default: ws://wasmer.sh/auth] (used by user, group and token; `wasmer-dfs serve` hosts one at ws://HOST:PORT/auth)")] = None,
     dns_server: Annotated[str | None, typer.Option("--dns-server", help="Address (IP[:PORT]) that DNS queries for the chain server's host will be sent to, e.g. 8.8.8.8 [default: the system's resolver]")] = None,
     ntp_pool: Annotated[str | None, typer.Option("--ntp-pool", help="NTP server address that the file-system will synchronize with")] = None,
     ntp_port: Annotated[int | None, typer.Option("--ntp-port", help="NTP server port that the file-system will synchronize with")] = None,
-    token: Annotated[str | None, typer.Option("--token", "-t", help="Token used to access your encrypted file-system (users and tokens: not yet)")] = None,
-    token_path: Annotated[str | None, typer.Option("--token-path", help="Token file to read that holds a previously created token (not yet)")] = None,
+    token: Annotated[str | None, typer.Option("--token", "-t", help="Token used to access your encrypted file-system (the user, group and token commands; mount with a token: not yet)")] = None,
+    token_path: Annotated[str | None, typer.Option("--token-path", help="Token file to read that holds a previously created token (mode 0600; the user, group and token commands; mount with a token: not yet)")] = None,
     wire_encryption: Annotated[int | None, typer.Option("--wire-encryption", help="Quantum resistant wire encryption with remote chains: 128, 192 or 256 (ML-KEM-512/768/1024 + AES-256-GCM; the server's key is pinned in ~/.config/wasmer-dfs/known_servers; never falls back to plain)")] = None,
 ) -> None:  # fmt: skip
     """ATE File System: an encrypted, distributed, event-sourced FUSE file system."""
@@ -79,16 +81,17 @@ def main_options(
         ctx.obj = GlobalSettings(
             debug=debug, verbose=verbose, no_auth=no_auth, no_ntp=no_ntp, ntp_pool=ntp_pool,
             ntp_port=ntp_port, dns_server=dns_server, dns_sec=dns_sec,
-            wire_encryption=wire_encryption,
+            wire_encryption=wire_encryption, auth=auth, token=token, token_path=token_path,
         )  # fmt: skip
     except OptionError as exc:
         fail(str(exc), USAGE)
     level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="wasmer-dfs: %(levelname)s: %(name)s: %(message)s")
-    if token is not None or token_path is not None:
-        not_yet("authentication with tokens", "users, groups and tokens")
-    if auth is not None:
-        not_yet(f"authentication at {auth} (--auth)", "users, groups and tokens")
+    if ctx.invoked_subcommand not in AUTH_COMMANDS:  # mount with a token: the next step
+        if token is not None or token_path is not None:
+            not_yet("mounting with a token (--token/--token-path)", "users, groups and tokens")
+        if auth is not None:
+            not_yet(f"{ctx.invoked_subcommand} with --auth", "users, groups and tokens")
 
 
 # --- mount -------------------------------------------------------------------------------------
@@ -262,59 +265,142 @@ def views_command() -> None:
     show_installed_views()
 
 
-# --- commands later issues build ----------------------------------------------------------------
+# --- users, groups and tokens (entrypoints/auth_commands.py) -----------------------------------
+EmailOpt = Annotated[str, typer.Option("--email", "-e", help="Email address of the account")]
+TokenOut = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-path",
+        help="Write the token to this file, mode 0600 (default: the global --token-path, else standard output)",
+    ),
+]
+Sealed = Annotated[
+    bool,
+    typer.Option(
+        "--token-passphrase",
+        help="Seal the token under a passphrase ($WASMER_DFS_TOKEN_PASSPHRASE, or asked twice)",
+    ),
+]
+
+
 @user_app.command("create")
-def user_create() -> None:
-    """Creates a new user and generates login credentials"""
-    not_yet("user create", "users, groups and tokens")
+def user_create(ctx: typer.Context, email: EmailOpt) -> None:
+    """Creates a new user and generates login credentials (the password is asked twice, or
+    $WASMER_DFS_PASSWORD); prints the authenticator URI and a recovery code"""
+    from entrypoints import auth_commands
+
+    auth_commands.user_create(global_settings(ctx), email)
 
 
 @user_app.command("details")
-def user_details() -> None:
-    """Returns all the details about a specific user"""
-    not_yet("user details", "users, groups and tokens")
+def user_details(
+    ctx: typer.Context,
+    email: Annotated[
+        str | None,
+        typer.Option("--email", "-e", help="Email address of the account (default: the token's)"),
+    ] = None,
+) -> None:
+    """Returns all the details about a specific user (with your token: also your groups and
+    the state of your authenticator codes)"""
+    from entrypoints import auth_commands
+
+    auth_commands.user_details(global_settings(ctx), email)
 
 
 @group_app.command("add-user")
-def group_add_user() -> None:
-    """Adds another user to an existing group"""
-    not_yet("group add-user", "users, groups and tokens")
+def group_add_user(
+    ctx: typer.Context,
+    group: Annotated[str, typer.Argument(help="Name of the group")],
+    email: Annotated[str, typer.Argument(help="Email address of the user to add")],
+    role: Annotated[
+        str, typer.Option("--role", "-r", help="owner | delegate | contributor | observer")
+    ] = "contributor",
+) -> None:
+    """Adds another user to an existing group (needs your token with an owner or delegate
+    key of the group: `token gather GROUP`)"""
+    from entrypoints import auth_commands
+
+    auth_commands.group_add_user(global_settings(ctx), group, email, role)
 
 
 @group_app.command("create")
-def group_create() -> None:
-    """Creates a new group"""
-    not_yet("group create", "users, groups and tokens")
+def group_create(
+    ctx: typer.Context, group: Annotated[str, typer.Argument(help="Name of the new group")]
+) -> None:
+    """Creates a new group (needs a sudo token: `token sudo`)"""
+    from entrypoints import auth_commands
+
+    auth_commands.group_create(global_settings(ctx), group)
 
 
 @group_app.command("details")
-def group_details() -> None:
+def group_details(
+    ctx: typer.Context, group: Annotated[str, typer.Argument(help="Name of the group")]
+) -> None:
     """Display the details about a particular group (token is required to see role membership)"""
-    not_yet("group details", "users, groups and tokens")
+    from entrypoints import auth_commands
+
+    auth_commands.group_details(global_settings(ctx), group)
 
 
 @group_app.command("remove-user")
-def group_remove_user() -> None:
-    """Removes a user from an existing group"""
-    not_yet("group remove-user", "users, groups and tokens")
+def group_remove_user(
+    ctx: typer.Context,
+    group: Annotated[str, typer.Argument(help="Name of the group")],
+    email: Annotated[str, typer.Argument(help="Email address of the user to remove")],
+) -> None:
+    """Removes a user from an existing group (the keys of the roles they held are rotated)"""
+    from entrypoints import auth_commands
+
+    auth_commands.group_remove_user(global_settings(ctx), group, email)
 
 
 @token_app.command("gather")
-def token_gather() -> None:
-    """Gather the permissions needed to access a specific group into the token"""
-    not_yet("token gather", "users, groups and tokens")
+def token_gather(
+    ctx: typer.Context,
+    group: Annotated[str, typer.Argument(help="Name of the group")],
+    token_path: TokenOut = None,
+    sealed: Sealed = False,
+) -> None:
+    """Gather the permissions needed to access a specific group into the token (read from
+    --token or the global --token-path, written back)"""
+    from entrypoints import auth_commands
+
+    auth_commands.token_gather(global_settings(ctx), group, token_path, sealed)
 
 
 @token_app.command("generate")
-def token_generate() -> None:
+def token_generate(
+    ctx: typer.Context, email: EmailOpt, token_path: TokenOut = None, sealed: Sealed = False
+) -> None:
     """Generate a token with normal permissions from the supplied username and password"""
-    not_yet("token generate", "users, groups and tokens")
+    from entrypoints import auth_commands
+
+    auth_commands.token_generate(global_settings(ctx), email, token_path, sealed)
 
 
 @token_app.command("sudo")
-def token_sudo() -> None:
-    """Generate a token with extra permissions with elevated rights to modify groups"""
-    not_yet("token sudo", "users, groups and tokens")
+def token_sudo(
+    ctx: typer.Context,
+    email: EmailOpt,
+    code: Annotated[
+        str | None, typer.Option("--code", "-c", help="Code of your authenticator app (6 digits)")
+    ] = None,
+    recovery_code: Annotated[
+        str | None,
+        typer.Option(
+            "--recovery-code",
+            help="The recovery code printed by `user create`, instead of --code (good once; it also ends a lock)",
+        ),
+    ] = None,
+    token_path: TokenOut = None,
+    sealed: Sealed = False,
+) -> None:
+    """Generate a token with extra permissions with elevated rights to modify groups (needs a
+    code of your authenticator app)"""
+    from entrypoints import auth_commands
+
+    auth_commands.token_sudo(global_settings(ctx), email, code, recovery_code, token_path, sealed)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

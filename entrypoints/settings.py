@@ -17,6 +17,8 @@ from domain.timespec import duration_ms
 
 #: the name of a mount's chain in its own log directory (local.log: a local chain or a replica)
 LOCAL_CHAIN = "local"
+#: where users are authenticated unless --auth says otherwise (the manual's default)
+DEFAULT_AUTH_URL = "ws://wasmer.sh/auth"
 #: the levels of --wire-encryption (ML-KEM-512/768/1024)
 WIRE_LEVELS = (128, 192, 256)
 
@@ -38,6 +40,11 @@ class GlobalSettings:
     dns_sec: bool = False
     #: the least wire encryption (bits) with chain servers; None: plain
     wire_encryption: int | None = None
+    #: the auth service (--auth; None: the manual's default, DEFAULT_AUTH_URL)
+    auth: str | None = None
+    #: a token's text (--token) or the file that holds one (--token-path)
+    token: str | None = None
+    token_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.ntp_port is not None and not 0 < self.ntp_port < 65536:
