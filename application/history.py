@@ -30,7 +30,7 @@ from application.session import ChainSession, SessionError
 from domain.chain import Transaction
 from domain.errors import DomainError
 from domain.events import Confidentiality, EventHeader, LocalSeal, Signature, Timestamp, Type
-from domain.fs.model import ROOT_INO, TYPE_DENTRY
+from domain.fs.model import ROOT_INO, TYPE_DENTRY, InodeData
 from domain.fs.view import FsView
 from domain.timespec import iso_ms
 
@@ -72,14 +72,17 @@ class Cut:
     oldest_ms: int
 
 
-def cut_at(session: ChainSession, as_of_ms: int) -> Cut:
+def cut_at(session: ChainSession, as_of_ms: int, limit: int | None = None) -> Cut:
     """How many of the log's committed transactions lie at or before ``as_of_ms`` (a prefix up
-    to the last one whose time is at most it). ``PastError`` when none does."""
+    to the last one whose time is at most it), among its first ``limit`` ones (None: all; a
+    mount of the past passes its own cut). ``PastError`` when none does."""
     count = cut = 0
     at = oldest = last = None
     for rec in session.log.scan():
         if not rec.commit:
             continue
+        if limit is not None and count == limit:
+            break
         ms = seal_time(session.parse(rec))
         ms = ms if ms is not None else last
         count += 1
@@ -168,9 +171,12 @@ def _transactions(twin: ChainSession) -> Iterator[Transaction]:
         raise PastError(f"the log cannot be read: {exc}") from None
 
 
-def versions(session: ChainSession, path: tuple[bytes, ...]) -> list[Version]:
+def versions(
+    session: ChainSession, path: tuple[bytes, ...], limit: int | None = None
+) -> list[Version]:
     """Every version of the regular file at ``path`` (names from the root) the log holds, and
-    of its conflict copies, oldest first. Replays the whole committed log (read only)."""
+    of its conflict copies, oldest first. Replays the committed log (read only): all of it, or
+    its first ``limit`` transactions (a mount of the past: none after its time)."""
     if not path:
         return []
     twin, indexer = _twin(session)
@@ -179,8 +185,12 @@ def versions(session: ChainSession, path: tuple[bytes, ...]) -> list[Version]:
     last: dict[tuple[bool, int], tuple[int, int]] = {}
     conflicts: dict[int, bytes] = {}
     last_ms = 0
+    done = 0
     try:
         for tx in _transactions(twin):
+            if limit is not None and done == limit:
+                break
+            done += 1
             twin.pipeline.accept(twin.index, tx)
             ms = seal_time(tx.seal)
             last_ms = ms if ms is not None else last_ms
@@ -230,14 +240,86 @@ def _conflict_copies(view: FsView, path: tuple[bytes, ...]) -> dict[int, bytes]:
 
 def read_version(session: ChainSession, v: Version) -> bytes:
     """The bytes of version ``v``, read from the log (verified and decrypted)."""
-    okey = session.object_key(v.conf) if v.conf is not None else None
+    return _read_pages(session, v.pages, v.conf, v.size)
+
+
+def _read_pages(
+    session: ChainSession, pages: dict[int, Any], conf: Confidentiality | None, size: int
+) -> bytes:
+    okey = session.object_key(conf) if conf is not None else None
     ps = session.header.page_size
     out = bytearray()
-    for idx in range((v.size + ps - 1) // ps):
-        ref = v.pages.get(idx)
+    for idx in range((size + ps - 1) // ps):
+        ref = pages.get(idx)
         page = b""
         if ref is not None:
             loc, meta_hash = ref
             page = session.read_sealed(loc, meta_hash, okey)
         out += page[:ps].ljust(ps, b"\0")
-    return bytes(out[: v.size])
+    return bytes(out[:size])
+
+
+# --- the tree at a time (``restore --recursive``) -----------------------------------------------
+#: the reserved directory of the mount's views (application/views/service.VIEWS_DIR): not part
+#: of the tree a user restores
+RESERVED = b".wasmer-dfs"
+
+
+@dataclass(slots=True)
+class PastTree:
+    """The tree as it was at a time: a replay of the log's prefix (``cut_at``) into a tree of
+    its own; the files' bytes are read from the log on demand."""
+
+    cut: Cut
+    view: FsView
+    session: ChainSession
+    confs: dict[int, Confidentiality]
+
+    def resolve(self, names: tuple[bytes, ...]) -> int | None:
+        if names[:1] == (RESERVED,):
+            return None
+        return _resolve(self.view, names)
+
+    def entries(self, directory: int) -> list[bytes]:
+        """The names in ``directory`` (the root's without the reserved directory)."""
+        names = sorted(self.view.dirs.get(directory, {}))
+        return [n for n in names if directory != ROOT_INO or n != RESERVED]
+
+    def read(self, ino: int) -> bytes:
+        data = self.view.inodes[ino]
+        return _read_pages(
+            self.session, self.view.pages.get(ino, {}), self.confs.get(ino), data.size
+        )
+
+    def walk(self) -> Iterator[tuple[tuple[bytes, ...], InodeData]]:
+        """Every (path, inode) of the tree below the root, parents before their entries."""
+        todo: list[tuple[tuple[bytes, ...], int]] = [((), ROOT_INO)]
+        while todo:
+            path, directory = todo.pop()
+            below = []
+            for name in self.entries(directory):
+                entry = self.view.lookup(directory, name)
+                data = self.view.inodes.get(entry.inode) if entry is not None else None
+                if entry is None or data is None:
+                    continue
+                yield (*path, name), data
+                if data.is_dir:
+                    below.append(((*path, name), entry.inode))
+            todo.extend(reversed(below))
+
+
+def tree_at(session: ChainSession, as_of_ms: int, limit: int | None = None) -> PastTree:
+    """The tree as it was at ``as_of_ms`` (the prefix ``cut_at`` gives, among the first
+    ``limit`` transactions); ``PastError`` when the log holds nothing that early."""
+    cut = cut_at(session, as_of_ms, limit)
+    twin, indexer = _twin(session)
+    done = 0
+    try:
+        for tx in _transactions(twin):
+            if done == cut.transactions:
+                break
+            twin.pipeline.accept(twin.index, tx)
+            done += 1
+    except DomainError as exc:
+        raise PastError(f"the log fails validation: {exc}") from None
+    return PastTree(cut, indexer.view, twin, indexer.confs)

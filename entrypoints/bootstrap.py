@@ -286,6 +286,6 @@ def build_views(
     extra = [(v.place or (VIEWS_DIR, v.name), v) for v in build(specs, context)]
     return default_views(
         fs, fs.stats, server=server, compactor=compactor, read_only=read_only, extra=extra,
-        remote=replicated.replication if replicated is not None else None,
+        as_of=mounted.as_of, remote=replicated.replication if replicated is not None else None,
         locks=replicated.locks if replicated is not None else None,
     )  # fmt: skip

@@ -244,13 +244,14 @@ def history(
 
 @app.command()
 def restore(
-    path: Annotated[Path, typer.Argument(help="A file inside a mounted wasmer-dfs file system (a deleted one too)")],
+    path: Annotated[Path, typer.Argument(help="A file inside a mounted wasmer-dfs file system (a deleted one too); with --recursive a directory (the mount's root too)")],
     as_of: Annotated[str, typer.Option("--as-of", metavar="TIME", help="The version to bring back: the newest at or before TIME (ISO 8601, or a duration before now: 90s, 2h, 1d)")],
     to: Annotated[Path | None, typer.Option("--to", metavar="NEW_PATH", help="Write it to NEW_PATH (in the same mount, not existing yet) instead of PATH")] = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Restore a whole directory (not built yet: refused)")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Restore a whole directory as it was at TIME: deleted files and directories created again, changed ones rewritten (each file atomically), files created after TIME left alone (nothing is deleted)")] = False,
 ) -> None:  # fmt: skip
     """Brings a version of a file (or a deleted file) back as a new write on the live mount,
-    seen by every mount of the chain; history is never rewritten."""
+    seen by every mount of the chain; history is never rewritten. With --recursive, a whole
+    directory as it was at TIME (files created after TIME are left alone)."""
     from entrypoints.past import restore as restore_version
 
     restore_version(path, as_of, to, recursive)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from application.compaction import Compactor
 from application.filesystem import FileSystemService
+from application.history import Cut
 from application.locks import LockService
 from application.ports.views import NodeKind, Stream, View, ViewNode, ViewPath
 from application.replication import ReplicationService
@@ -52,6 +53,8 @@ class MountState:
     #: the mount's compactor (None: not known to the views, or a read-only mount)
     compactor: Compactor | None = None
     read_only: bool = False
+    #: a mount of the past (``--as-of``): where its replay stopped (the history view stops there)
+    as_of: Cut | None = None
 
 
 def _json(value: object) -> bytes:
@@ -281,7 +284,8 @@ class SystemView(View):
 def builtin_views(state: MountState) -> list[tuple[ViewPath, View]]:
     """The views every mount has: ``/.wasmer-dfs`` (``SystemView``) and
     ``/.wasmer-dfs/history`` (``HistoryView``)."""
-    return [((VIEWS_DIR,), SystemView(state)), ((VIEWS_DIR, "history"), HistoryView(state.fs))]
+    history = HistoryView(state.fs, state.as_of)
+    return [((VIEWS_DIR,), SystemView(state)), ((VIEWS_DIR, "history"), history)]
 
 
 def default_views(
@@ -294,9 +298,10 @@ def default_views(
     compactor: Compactor | None = None,
     read_only: bool = False,
     extra: Sequence[tuple[ViewPath, View]] = (),
+    as_of: Cut | None = None,
 ) -> ViewService:
     """The views of a mount: the built-in ones (``/.wasmer-dfs``) and ``extra``."""
-    state = MountState(fs, stats, remote, locks, server, compactor, read_only)
+    state = MountState(fs, stats, remote, locks, server, compactor, read_only, as_of)
     return ViewService(
         [*builtin_views(state), *extra],
         fs.clock,

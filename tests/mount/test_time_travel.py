@@ -216,3 +216,124 @@ def test_restore_brings_v1_and_a_deleted_file_back_on_every_mount(
     finally:
         unmount(b)
         unmount(a)
+
+
+# --- a whole directory (restore --recursive, history/@TIME/) and history on a mount of the past --
+def the_past_of_a_directory(root: Path) -> float:
+    """A directory d/ as noted (the returned time), then changed in every way after it."""
+    (root / "d" / "sub" / "deep").mkdir(parents=True)
+    write(root / "d" / "x.txt", b"x as it was\n")
+    write(root / "d" / "sub" / "y.txt", b"y as it was\n")
+    write(root / "d" / "sub" / "deep" / "z.txt", b"z as it was\n")
+    os.symlink("x.txt", root / "d" / "link")
+    os.chmod(root / "d" / "sub", 0o750)
+    time.sleep(0.3)
+    noted = time.time()
+    time.sleep(0.3)
+    write(root / "d" / "x.txt", b"x changed after, longer\n")
+    os.chmod(root / "d" / "x.txt", 0o600)
+    for gone in ("sub/deep/z.txt", "sub/y.txt", "link"):
+        (root / "d" / gone).unlink()
+    (root / "d" / "sub" / "deep").rmdir()
+    (root / "d" / "sub").rmdir()
+    write(root / "d" / "new.txt", b"born after\n")
+    return noted
+
+
+def check_directory_as_it_was(d: Path, new_too: bool) -> None:
+    assert (d / "x.txt").read_bytes() == b"x as it was\n"
+    assert os.stat(d / "x.txt").st_mode & 0o777 == 0o644
+    assert (d / "sub" / "y.txt").read_bytes() == b"y as it was\n"
+    assert (d / "sub" / "deep" / "z.txt").read_bytes() == b"z as it was\n"
+    assert os.stat(d / "sub").st_mode & 0o777 == 0o750
+    assert os.readlink(d / "link") == "x.txt"
+    assert (d / "new.txt").exists() == new_too
+    assert not [n for n in os.listdir(d) if ".restore-" in n]
+
+
+def test_restore_recursive_brings_a_directory_back_on_every_mount(
+    mounter: Mounter, server: ServerProc
+) -> None:
+    url = server.url("tree")
+    a = mount_remote(mounter, "a", url)
+    noted = the_past_of_a_directory(a.mnt)
+    b = mount_remote(mounter, "b", url)
+    eventually(lambda: os.stat(b.mnt / "d" / "new.txt"), "new.txt reaches b")
+    try:
+        # a directory is refused without --recursive, a live one and a deleted one
+        out = mounter.cli("restore", str(a.mnt / "d"), "--as-of", iso(noted))
+        assert out.returncode == 2 and "with --recursive" in out.stderr, out
+        out = mounter.cli("restore", str(a.mnt / "d" / "sub"), "--as-of", iso(noted))
+        assert out.returncode == 2 and "with --recursive" in out.stderr, out
+        # the tree of then, browsable in the history view
+        ms = round(noted * 1000)
+        then = a.mnt / ".wasmer-dfs" / "history" / f"@{ms}"
+        assert sorted(os.listdir(then / "d")) == ["sub", "x.txt"]  # a symlink is in the .json
+        assert (then / "d" / "sub" / "deep" / "z.txt").read_bytes() == b"z as it was\n"
+        listing = json.loads((then.parent / f"@{ms}.json").read_text())
+        kinds = {e["path"]: e["type"] for e in listing["entries"]}
+        assert kinds["d/link"] == "symlink" and kinds["d/sub/deep"] == "dir"
+        assert "d/new.txt" not in kinds and ".wasmer-dfs" not in kinds
+
+        out = mounter.cli("restore", str(a.mnt / "d"), "--as-of", iso(noted), "--recursive")
+        assert out.returncode == 0, out.stderr
+        assert "5 created again, 1 rewritten, 1 unchanged" in out.stderr, out.stderr
+        check_directory_as_it_was(a.mnt / "d", new_too=True)
+        eventually(
+            lambda: check_directory_as_it_was(b.mnt / "d", new_too=True),
+            "the restored directory reaches b",
+        )
+        # to a new place: only what was there then; again in place: nothing left to do
+        out = mounter.cli(
+            "restore", str(b.mnt / "d"), "--as-of", iso(noted), "-r", "--to", str(b.mnt / "d2")
+        )
+        assert out.returncode == 0, out.stderr
+        check_directory_as_it_was(b.mnt / "d2", new_too=False)
+        again = mounter.cli("restore", str(a.mnt / "d"), "--as-of", iso(noted), "-r")
+        assert again.returncode == 0 and "0 created again, 0 rewritten" in again.stderr, again
+        # a file where a directory was: reported, the rest restored, exit 1
+        (a.mnt / "d" / "sub" / "deep" / "z.txt").unlink()
+        (a.mnt / "d" / "sub" / "deep").rmdir()
+        write(a.mnt / "d" / "sub" / "deep", b"a file now\n")
+        (a.mnt / "d" / "sub" / "y.txt").unlink()
+        clash = mounter.cli("restore", str(a.mnt / "d"), "--as-of", iso(noted), "-r")
+        assert clash.returncode == 1, clash
+        assert "was a directory then and is not one now" in clash.stderr
+        assert (a.mnt / "d" / "sub" / "y.txt").read_bytes() == b"y as it was\n"
+        assert (a.mnt / "d" / "sub" / "deep").read_bytes() == b"a file now\n"
+        early = mounter.cli("restore", str(a.mnt / "d"), "--as-of", "1990-01-01T00:00:00Z", "-r")
+        assert early.returncode == 1 and "holds nothing at or before" in early.stderr, early
+        assert "Traceback" not in early.stderr + clash.stderr
+    finally:
+        unmount(b)
+        unmount(a)
+
+
+def test_history_on_a_mount_of_the_past_stops_at_its_time(mounter: Mounter) -> None:
+    mnt, logdir = mounter.dirs("live")
+    live = mounter.mount(mnt, logdir)
+    noted = the_past(mnt)
+    past_mnt, _ = mounter.dirs("past")
+    past = mounter.mount(past_mnt, logdir, "--as-of", iso(noted))
+    try:
+        now_live = json.loads(mounter.cli("history", str(mnt / "a.txt"), "--json").stdout)
+        assert [v["size"] for v in now_live] == [12, 20]
+        out = mounter.cli("history", str(past_mnt / "a.txt"), "--json")
+        assert out.returncode == 0, out.stderr
+        then = json.loads(out.stdout)
+        assert [v["size"] for v in then] == [12]
+        assert all(v["ms"] <= noted * 1000 for v in then)
+        versions = past_mnt / ".wasmer-dfs" / "history" / "a.txt"
+        assert sorted(os.listdir(versions)) == [".versions.json", then[0]["name"]]
+        assert (versions / then[0]["name"]).read_bytes() == b"version one\n"
+        # a file born after the mount's time has no history there
+        later = mounter.cli("history", str(past_mnt / "c.txt"))
+        assert later.returncode == 1 and "has no versions" in later.stderr, later
+        # the tree at a time after the mount's time is the mount's own tree
+        after = round(time.time() * 1000)
+        listing = json.loads((versions.parent / f"@{after}.json").read_text())
+        paths = {e["path"] for e in listing["entries"]}
+        assert paths == {"a.txt", "d", "d/b.txt"}, paths
+    finally:
+        unmount(past)
+        unmount(live)
