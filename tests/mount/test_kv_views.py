@@ -195,3 +195,19 @@ def test_shell_redirections_and_cp(mounter: Mounter, tmp_path: Path) -> None:
     eventually(lambda: "refused users/8.json: not JSON" in mp.stderr() or (_ for _ in ()).throw(
         AssertionError(mp.stderr())), "the empty record refused in the log", 10)  # fmt: skip
     assert os.listdir(users) == ["42.json"]
+
+
+def test_a_read_only_mount_reads_records_and_refuses_writes_with_erofs(mounter: Mounter) -> None:
+    mnt, logdir = mounter.dirs()
+    mp = mounter.mount(mnt, logdir, "--view", "kv")
+    put(mnt / ".kv" / "users" / "42.json", ADA)
+    with pytest.raises(OSError) as e:  # the index is never writable
+        (mnt / ".kv" / "by-email" / "ada@example.org.json").write_text("{}")
+    assert e.value.errno == errno.EACCES
+    mp.unmount()
+    mounter.mount(mnt, logdir, "--view", "kv", "--read-only")
+    assert json.loads((mnt / ".kv" / "by-email" / "ada@example.org.json").read_text()) == ADA
+    for name in ("42.json", "43.json"):
+        with pytest.raises(OSError) as e:
+            put(mnt / ".kv" / "users" / name, {**ADA, "id": int(name[:2])})
+        assert e.value.errno == errno.EROFS, name

@@ -162,9 +162,8 @@ class TableView(View):
     name = "kv"
     place: ViewPath = (".kv",)
 
-    def __init__(self, records: Records, read_only: bool = False) -> None:
+    def __init__(self, records: Records) -> None:
         self.records = records
-        self.read_only = read_only
 
     def _record(self, path: ViewPath) -> tuple[str, int] | None:
         if len(path) != 2 or path[0] not in self.records.schema:
@@ -177,12 +176,13 @@ class TableView(View):
     def node(self, path: ViewPath) -> ViewNode | None:
         if not path:
             return ViewNode(NodeKind.DIR)
+        # writable even on a --read-only mount: the view service answers EROFS there
         if len(path) == 1 and path[0] in self.records.schema:
-            return ViewNode(NodeKind.DIR, writable=not self.read_only)
+            return ViewNode(NodeKind.DIR, writable=True)
         found = self._record(path)
         if found is None or self.records.get(*found) is None:
             return None
-        return ViewNode(NodeKind.FILE, writable=not self.read_only)
+        return ViewNode(NodeKind.FILE, writable=True)
 
     def list(self, path: ViewPath) -> list[str]:
         if not path:
@@ -237,4 +237,4 @@ def kv(arg: str | None, context: ViewContext) -> list[View]:
     """Key-value tables, one JSON file per record in /.kv/TABLE/, indexed in /.kv/by-email/
     (ARG: a schema file)."""
     records = Records(context.store(STORE), load_schema(arg))
-    return [TableView(records, context.read_only), EmailIndexView(records)]
+    return [TableView(records), EmailIndexView(records)]
