@@ -1,7 +1,7 @@
 """What a compaction keeps when it may neither reorder nor re-seal (the chain server's case,
 docs/adr/0007 "The chain server's and replicas' logs"): ``InOrderPlanner`` and its check
-``check_in_order`` in domain/compaction.py. The server's compaction is not built yet; this is
-the rule it will use, checked on a file system's real history and on random histories."""
+``check_in_order`` in domain/compaction_in_order.py. The server's compaction is not built yet;
+this is the rule it will use, checked on a file system's real history and on random histories."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import random
 
 import pytest
 
-from domain.compaction import InOrderPlanner, Planner, check_in_order
+from domain.compaction import Planner
+from domain.compaction_in_order import InOrderPlanner, check_in_order
 from domain.events import (
     Authorization,
     DataKey,
