@@ -1,6 +1,6 @@
 """The ``View`` port's contract (application/ports/views.py), run against every view the tree
-has: the built-in ``SystemView`` over a real file-system service (docs/adr/0017-ports-and-twins.md).
-A view added later (the examples/ one) joins the ``subject`` fixture."""
+has: the built-in ``SystemView`` over a real file-system service, and the worked example's two
+views (examples/kv-views) over the ``ViewStore`` twin (docs/adr/0017-ports-and-twins.md)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,25 @@ import pytest
 from adapters.clock import FakeClock
 from adapters.crypto import PqCrypto
 from adapters.memory.log import MemoryRedoLogFactory
+from adapters.memory.view_store import MemoryViewStore
 from application.mount import MountRequest, MountService
-from application.ports.views import NodeKind, View, ViewPath
+from application.ports.views import NodeKind, View, ViewContext, ViewPath
 from application.session import Formats
 from application.stats import OperationStats
 from application.views.builtin import MountState, SystemView
 from domain.fs.model import FsError
 
 
-@pytest.fixture(params=["system"])
+@pytest.fixture(params=["system", "kv-table", "kv-index"])
 def subject(request: pytest.FixtureRequest) -> Iterator[View]:
+    if request.param.startswith("kv"):  # the worked example (examples/kv-views), on the twin
+        kv = pytest.importorskip("wasmer_dfs_kv", reason="pip install -e examples/kv-views")
+        store = MemoryViewStore()
+        context = ViewContext(lambda name: store, FakeClock())
+        table, index = kv.kv(None, context)
+        table.write(("users", "1.json"), b'{"id": 1, "name": "A", "email": "a@example.org"}')
+        yield table if request.param == "kv-table" else index
+        return
     service = MountService(MemoryRedoLogFactory(), PqCrypto(), FakeClock())
     mounted = service.open(
         MountRequest(chain="c", passcode=b"pw", formats=Formats(), uid=0, gid=0, kdf=(1, 8, 1))
