@@ -325,13 +325,31 @@ def test_mount_help_at_80_columns_lists_every_option(mounter: Mounter) -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [("user", "create"), ("group", "create"), ("token", "generate")], ids=" ".join
+    ("args", "says"),
+    [
+        (("user", "create"), "Missing option '--email'"),
+        (("group", "create"), "Missing argument"),
+        (("token", "generate"), "Missing option '--email'"),
+        (("user", "details"), "give --email EMAIL"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else "",
 )
-def test_not_implemented_commands(mounter: Mounter, args: tuple[str, ...]) -> None:
+def test_auth_commands_without_their_arguments_fail_cleanly(
+    mounter: Mounter, args: tuple[str, ...], says: str
+) -> None:
     r = mounter.cli(*args)
-    assert r.returncode != 0
-    assert "not implemented" in r.stderr, (r.stdout, r.stderr)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert says in r.stderr, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
+
+
+def test_mount_with_a_token_is_refused_as_not_built_yet(mounter: Mounter) -> None:
+    mnt, logdir = mounter.dirs()
+    r = mounter.cli("--token-path", "/etc/hostname", "mount", str(mnt), str(logdir))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "not implemented yet" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not any(logdir.iterdir())
 
 
 @pytest.mark.parametrize(
