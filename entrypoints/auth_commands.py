@@ -90,8 +90,19 @@ def password(confirm: bool = False) -> bytes:
     return _secret(PASSWORD_ENV, "Password", confirm)
 
 
-def passphrase(confirm: bool = False) -> bytes:
-    return _secret(PASSPHRASE_ENV, "Token passphrase", confirm)
+def passphrase(settings: GlobalSettings, confirm: bool = False) -> bytes:
+    """A sealed token's passphrase: --token-passfile or --token-extpass (as --passfile and
+    --extpass for a passcode), else $WASMER_DFS_TOKEN_PASSPHRASE, else a prompt."""
+    from entrypoints.passwords import SecretError, secret_from
+
+    try:
+        given = secret_from(
+            None, settings.token_passfile, settings.token_extpass, "token passphrase",
+            ("--token", "--token-passfile", "--token-extpass"),
+        )  # fmt: skip
+    except SecretError as exc:
+        fail(str(exc), USAGE)
+    return given if given is not None else _secret(PASSPHRASE_ENV, "Token passphrase", confirm)
 
 
 # --- tokens -----------------------------------------------------------------------------------
@@ -124,7 +135,7 @@ def read_token(settings: GlobalSettings, path: Path | None = None) -> Token:
         except TokenError as exc:
             if "sealed under a passphrase" not in str(exc):
                 raise
-            return keys.read_token(text, time.time(), passphrase())
+            return keys.read_token(text, time.time(), passphrase(settings))
     except TokenError as exc:
         fail(str(exc), USAGE)
 
@@ -134,7 +145,7 @@ def write_token(settings: GlobalSettings, token: Token, path: Path | None, seale
     from adapters.token_file import write_token_file
 
     keys = _keys(settings)
-    text = keys.token_text(token, passphrase(confirm=True) if sealed else None)
+    text = keys.token_text(token, passphrase(settings, confirm=True) if sealed else None)
     where = path or (None if settings.token_path is None else Path(settings.token_path))
     if where is None:
         typer.echo(text)

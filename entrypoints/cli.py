@@ -74,6 +74,8 @@ def main_options(
     ntp_port: Annotated[int | None, typer.Option("--ntp-port", help="NTP server port that the file-system will synchronize with")] = None,
     token: Annotated[str | None, typer.Option("--token", "-t", help="Token used to access your encrypted file-system (the user, group and token commands; mount with a token: not yet)")] = None,
     token_path: Annotated[str | None, typer.Option("--token-path", help="Token file to read that holds a previously created token (mode 0600; the user, group and token commands; mount with a token: not yet)")] = None,
+    token_passfile: Annotated[Path | None, typer.Option("--token-passfile", help="File whose first line is the passphrase of a sealed token (refused when its group or others may read it) [default: $WASMER_DFS_TOKEN_PASSPHRASE, or a prompt]")] = None,
+    token_extpass: Annotated[str | None, typer.Option("--token-extpass", help="Command whose first line of output is the passphrase of a sealed token (like --extpass)")] = None,
     wire_encryption: Annotated[int | None, typer.Option("--wire-encryption", help="Quantum resistant wire encryption with remote chains: 128, 192 or 256 (ML-KEM-512/768/1024 + AES-256-GCM; the server's key is pinned in ~/.config/wasmer-dfs/known_servers; never falls back to plain)")] = None,
 ) -> None:  # fmt: skip
     """ATE File System: an encrypted, distributed, event-sourced FUSE file system."""
@@ -82,6 +84,7 @@ def main_options(
             debug=debug, verbose=verbose, no_auth=no_auth, no_ntp=no_ntp, ntp_pool=ntp_pool,
             ntp_port=ntp_port, dns_server=dns_server, dns_sec=dns_sec,
             wire_encryption=wire_encryption, auth=auth, token=token, token_path=token_path,
+            token_passfile=token_passfile, token_extpass=token_extpass,
         )  # fmt: skip
     except OptionError as exc:
         fail(str(exc), USAGE)

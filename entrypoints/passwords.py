@@ -79,13 +79,18 @@ def run_extpass(command: str, what: str = "extpass") -> bytes:
 
 
 def secret_from(
-    given: str | None, passfile: Path | None, extpass: str | None, what: str = "passcode"
+    given: str | None,
+    passfile: Path | None,
+    extpass: str | None,
+    what: str = "passcode",
+    options: tuple[str, str, str] = ("--passcode", "--passfile", "--extpass"),
 ) -> bytes | None:
     """The secret from the one source given (None: none of them, the caller falls back to the
-    environment or a prompt); ``SecretError`` for more than one source or a bad one."""
+    environment or a prompt); ``SecretError`` for more than one source or a bad one.
+    ``options``: the names of the three sources, for the messages."""
     sources = [
         name
-        for name, value in (("--passcode", given), ("--passfile", passfile), ("--extpass", extpass))
+        for name, value in zip(options, (given, passfile, extpass), strict=True)
         if value is not None
     ]
     if len(sources) > 1:
@@ -93,7 +98,7 @@ def secret_from(
     if given is not None:
         return given.encode()
     if passfile is not None:
-        return read_passfile(passfile)
+        return read_passfile(passfile, options[1].lstrip("-"))
     if extpass is not None:
-        return run_extpass(extpass)
+        return run_extpass(extpass, options[2].lstrip("-"))
     return None

@@ -10,6 +10,7 @@ entrypoints.serve``) gets the defaults.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import typer
 
@@ -45,6 +46,10 @@ class GlobalSettings:
     #: a token's text (--token) or the file that holds one (--token-path)
     token: str | None = None
     token_path: str | None = None
+    #: where a sealed token's passphrase comes from (--token-passfile / --token-extpass; None:
+    #: $WASMER_DFS_TOKEN_PASSPHRASE or a prompt)
+    token_passfile: Path | None = None
+    token_extpass: str | None = None
 
     def __post_init__(self) -> None:
         if self.ntp_port is not None and not 0 < self.ntp_port < 65536:

@@ -187,3 +187,30 @@ def test_mount_with_a_token_is_still_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "mounting with a token (--token/--token-path) is not implemented yet" in done.stderr
+
+
+def test_a_sealed_tokens_passphrase_comes_from_a_passfile_or_a_command(
+    auth_server: ServerProc, tmp_path: Path
+) -> None:
+    """Issue 19's secrets without a terminal, for token passphrases: `--token-extpass CMD` seals,
+    `--token-passfile FILE` opens (no $WASMER_DFS_TOKEN_PASSPHRASE, no terminal); a passfile its
+    group may read is refused, and so is a wrong passphrase."""
+    cli = Cli(auth_server, tmp_path)
+    cli.ok("a", "user", "create", "--email", "a@x.org", token=False)
+    sealed = ["--token-extpass", "echo correct horse"]
+    cli.ok("a", *sealed, "token", "generate", "--email", "a@x.org", "--token-passphrase")
+    assert cli.token("a").read_text().startswith("wdfs-token.")
+    passfile = tmp_path / "token.pass"
+    passfile.write_text("correct horse\n")
+    passfile.chmod(0o600)
+    details = cli.ok("a", "--token-passfile", str(passfile), "user", "details")
+    assert "a@x.org" in details
+    without = cli.run("a", "user", "details")
+    assert without.returncode == 2 and "token passphrase" in without.stderr, without.stderr
+    passfile.chmod(0o640)
+    loose = cli.run("a", "--token-passfile", str(passfile), "user", "details")
+    assert loose.returncode == 2 and "group or others" in loose.stderr, loose.stderr
+    wrong = cli.run("a", "--token-extpass", "echo not it", "user", "details")
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
+    both = cli.run("a", *sealed, "--token-passfile", str(passfile), "user", "details")
+    assert both.returncode == 2 and "--token-passfile and --token-extpass" in both.stderr
