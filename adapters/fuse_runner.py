@@ -245,8 +245,9 @@ def run(
             tasks.append(asyncio.create_task(CommitTicker(service).run()))
             if compactor is not None:
                 schedule = CompactionSchedule(
-                    compactor, service, service.clock, lambda: ops.requests
-                )
+                    compactor, service, service.clock, lambda: ops.requests,
+                    swap=replication.swapping if replication is not None else None,
+                )  # fmt: skip
                 tasks.append(asyncio.create_task(schedule.run()))
         if unchecked_until is not None:
             tasks.append(asyncio.create_task(scrub(unchecked_until)))

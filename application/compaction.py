@@ -281,6 +281,8 @@ class Compactor:
     """Decides when to compact a chain's log, and does it (see the module's docstring)."""
 
     RETRY_SECONDS = 60.0  # after a failed compaction, wait before trying again (doubling)
+    #: the job a compaction runs (a replica's keeps its bookkeeping: application/replica_compaction)
+    job_type: type[CompactionJob] = CompactionJob
 
     def __init__(
         self,
@@ -340,7 +342,7 @@ class Compactor:
         if session.log.read_only or session.log_closed:
             raise CompactionError("the log is not open for writing")
         session.commit()
-        self.job = CompactionJob(self, session.log, session.log.committed_end)
+        self.job = self.job_type(self, session.log, session.log.committed_end)
         self.hook("begin", self.job.end)
         return self.job
 

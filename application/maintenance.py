@@ -97,10 +97,15 @@ class CommitTicker:
 
 
 # --- compaction --------------------------------------------------------------------------------
-async def compact_in_background(compactor: Compactor) -> None:
+#: what holds a replica's uploads while the log is replaced (``ReplicationService.swapping``)
+SwapGuard = Callable[[], contextlib.AbstractAsyncContextManager[None]]
+
+
+async def compact_in_background(compactor: Compactor, swap: SwapGuard | None = None) -> None:
     """One compaction: the heavy part in a worker thread while the file system keeps serving,
-    the switch to the new log on the loop (see application/compaction.py). Cancelling it (at
-    unmount) stops the worker and leaves the old log as it was."""
+    the switch to the new log on the loop (see application/compaction.py), inside ``swap`` for
+    a replica (no upload batch in flight; the queue rebuilt after). Cancelling it (at unmount)
+    stops the worker and leaves the old log as it was."""
     loop = asyncio.get_running_loop()
     try:
         job = compactor.begin()
@@ -126,10 +131,17 @@ async def compact_in_background(compactor: Compactor) -> None:
         compactor.failed(job)
         return
     try:
-        r = compactor.finish(job, save_checkpoint=False)
-        blob = compactor.encode_checkpoint()
+        async with swap() if swap is not None else contextlib.nullcontext():
+            r = compactor.finish(job, save_checkpoint=False)
+            blob = compactor.encode_checkpoint()
+    except TimeoutError:
+        log.warning("compaction given up: an upload to the chain server was not confirmed")
+        compactor.failed(job)
+        return
     except Exception:
         log.exception("compaction failed")
+        if compactor.job is job:
+            compactor.failed(job)
         return
     if blob is not None:  # written and fsynced off the loop: the bytes no longer change
         await loop.run_in_executor(None, compactor.write_checkpoint, blob)
@@ -154,9 +166,12 @@ class CompactionSchedule:
         requests: Callable[[], int],
         *,
         overdue: float = COMPACT_OVERDUE_SECONDS,
+        swap: SwapGuard | None = None,
     ) -> None:
-        """``requests``: how many requests the file system has served so far (a counter)."""
+        """``requests``: how many requests the file system has served so far (a counter);
+        ``swap``: a replica's guard around the switch to the new log."""
         self.compactor = compactor
+        self.swap = swap
         self.service = service
         self.clock = clock
         self.requests = requests
@@ -200,7 +215,7 @@ class CompactionSchedule:
         while True:
             await sleep(every)
             if self.check():
-                await compact_in_background(self.compactor)
+                await compact_in_background(self.compactor, self.swap)
                 self.compacted()
 
 

@@ -13,6 +13,7 @@ from application.compaction import Compactor, Hook, Progress
 from application.filesystem import FileSystemService, FsIndexer
 from application.history import Cut, PastError
 from application.ports import Clock, Crypto, LogError, RedoLogFactory
+from application.replica_compaction import ReplicaCompactor
 from application.session import (
     DEFAULT_KDF,
     ChainHeader,
@@ -184,7 +185,9 @@ class MountService:
                     fs.format_if_empty(req.uid, req.gid)
                 if not req.remote:
                     fs.collect_orphans()
-                compactor = Compactor(
+                # a replica's compaction keeps its bookkeeping with the server (ADR 0007)
+                kind = ReplicaCompactor if req.remote else Compactor
+                compactor = kind(
                     self.logs, req.chain, session, self.clock, req.compaction,
                     mark=loader.mark, hook=self.hook,
                 )  # fmt: skip

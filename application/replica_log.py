@@ -98,6 +98,8 @@ class ReplicaLog:
         self.drop_events: set[bytes] = set()
         #: called after each local transaction is sealed (the uploader wakes up)
         self.on_local: Callable[[], None] | None = None
+        #: how often the log was replaced under it (``reload``): positions read before differ
+        self.generation = 0
         self._load()
         session.on_commit = self._committed
 
@@ -133,6 +135,26 @@ class ReplicaLog:
             if tx_end > self.uploaded_upto:
                 keys = frozenset(k for k in (event_key(_parse(r)) for r in group[:-1]) if k)
                 self._add(LocalTx(max(group[0].position, self.uploaded_upto), tx_end, keys))
+
+    def reload(self) -> None:
+        """Read the bookkeeping again from the session's log (after a compaction replaced it:
+        the positions of pending uploads changed, docs/adr/0007). Whether a pending transaction
+        was made offline is carried over (the same transactions, in the same order)."""
+        before = list(self._local)
+        self.remote_cursor, self.remote_head, self.uploaded_upto = 0, b"", 0
+        self._local = deque()
+        self._busy, self._offline = Counter(), Counter()
+        self._load()
+        after = list(self._local)
+        self._local, self._offline = deque(), Counter()
+        self._busy = Counter()
+        kept = [
+            LocalTx(new.start, new.end, new.keys, old.offline if old.keys == new.keys else True)
+            for old, new in zip(reversed(before), reversed(after), strict=False)
+        ]
+        for tx in [*after[: len(after) - len(kept)], *reversed(kept)]:
+            self._add(tx)
+        self.generation += 1
 
     def _load_position(self, end: int, head: bytes) -> None:
         if end >= self.remote_cursor:

@@ -18,7 +18,7 @@ The recovery modes of the manual decide what waits for the server and what a dis
 may still do (``RecoveryMode``).
 
 What an applied transaction changes beyond the log (kernel invalidation, conflict copies) is in
-application/replica_effects.py. The module stays about 520 lines because down and up are one
+application/replica_effects.py. The module stays about 570 lines because down and up are one
 job: they share the connection, the batch in flight and the conditions that order them (an
 upload counts only once the stream has passed its ``Confirmed``), so split apart they would
 reach into each other's state.
@@ -32,7 +32,7 @@ import enum
 import errno
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from application.filesystem import FileSystemService
@@ -46,7 +46,7 @@ from application.ports import (
     ReplicaSync,
 )
 from application.replica_effects import ConflictCopies, invalidate, names_before
-from application.replica_log import ForgedHistory, ReplicaLog
+from application.replica_log import ForgedHistory, ReplicaLog, Upload
 from application.session import ChainIntegrityError, ChainSession
 from domain.chain import Located, TimestampValidator, Transaction, event_key
 from domain.errors import DomainError
@@ -120,6 +120,8 @@ class ReplicationService(ReplicaSync):
     #: a writer attests the server-order head this long after its last confirmed upload, and
     #: at most this often (docs/adr/0016)
     ATTEST_SECONDS = 1.0
+    #: a compaction waits this long for the upload batch in flight to be confirmed
+    SWAP_WAIT_SECONDS = 30.0
 
     def __init__(
         self,
@@ -155,6 +157,9 @@ class ReplicationService(ReplicaSync):
         self._connected = asyncio.Event()
         self._stopping = False
         self._in_flight: int | None = None
+        self._swapping = False  # a compaction is replacing the log (``swapping``)
+        self._idle = asyncio.Event()  # no upload batch is being prepared, sent or confirmed
+        self._idle.set()
         self._in_flight_hashes: tuple[bytes, ...] = ()
         self.refusals = refusals
         #: the newest server-order head known attested (by this replica or another writer)
@@ -192,7 +197,7 @@ class ReplicationService(ReplicaSync):
         """Seal what is pending and wait until the server confirmed every local transaction."""
         self.fs.flush_all()
         self.session.commit()
-        target = self.replica.unconfirmed_end()
+        target, generation = self.replica.unconfirmed_end(), self.replica.generation
         self._wake_upload.set()
         async with self._changed:
             while self.replica.uploaded_upto < target:
@@ -200,6 +205,8 @@ class ReplicationService(ReplicaSync):
                     code = self.mode.offline_errno
                     raise FsError(code or errno.EIO, "the chain server is not reachable")
                 await self._changed.wait()
+                if self.replica.generation != generation:  # compacted: positions changed
+                    target, generation = self.replica.unconfirmed_end(), self.replica.generation
 
     # ReplicaSync (coherence under locks)
     async def flush_confirmed(self) -> int:
@@ -325,14 +332,19 @@ class ReplicationService(ReplicaSync):
                 "the chain server no longer holds this chain, which this replica had followed:"
                 " refusing to recreate it (move the local log aside to start a new chain)"
             )
+        if self._swapping:
+            raise RemoteError("the log is being compacted: the chain is created after it")
         batch = self.replica.next_upload(self.UPLOAD_BATCH_BYTES)
         if batch is None or not batch.records:
             raise RemoteError("the server does not hold this chain and this replica is empty")
         batch = self.replica.sign(batch)
+        self._idle.clear()
         try:
             confirmed = await remote.commit(batch.records)
         except CommitRejected as exc:
             raise RemoteError(f"the server refused to create the chain: {exc.reason}") from None
+        finally:
+            self._idle.set()
         self.replica.mark_uploaded(batch.upto, confirmed.end, batch.hashes)
         self.state.stats.uploaded += 1
         self._attest_from = self.session.clock.monotonic()
@@ -425,6 +437,9 @@ class ReplicationService(ReplicaSync):
                 await self._changed.wait()
         while True:
             self._wake_upload.clear()
+            if self._swapping:  # a compaction is replacing the log: no batch until it has
+                await self._wake_upload.wait()
+                continue
             batch = self.replica.next_upload(self.UPLOAD_BATCH_BYTES)
             if batch is None:
                 delay = self._attest_delay()
@@ -436,47 +451,72 @@ class ReplicationService(ReplicaSync):
                 else:
                     await self._attest(remote)
                 continue
-            if not batch.records:
-                self.replica.mark_uploaded(batch.upto, -1)
-                await self._notify()
-                continue
-            # the ML-DSA signature (~7 ms) runs off the loop, which goes on answering the kernel
-            batch = await asyncio.to_thread(self.replica.sign, batch)
-            self._in_flight = batch.upto
-            self._in_flight_hashes = batch.hashes
+            self._idle.clear()  # a compaction does not replace the log under a batch
             try:
-                await remote.commit(batch.records)
-            except CommitRejected as exc:
-                self._in_flight = None
-                already = _ALREADY.search(exc.reason)
-                if already is not None:
-                    event = already.group(1)
-                    if event not in self._resynced:
-                        # a copy reached the server, its confirmation did not: the stream of a
-                        # new connection recognises it (own_upload)
-                        self._resynced.add(event)
-                        raise RemoteError(f"resynchronising: {exc.reason}") from None
-                    # an equal event of another writer is in the chain: its effect is there,
-                    # the copy is left out of the upload
-                    log.warning("event %s is in the chain already: not uploaded again", event)
-                    self.replica.drop_events.add(bytes.fromhex(event))
-                    continue
-                if exc.reason.startswith(DISK_FULL_REASON):
-                    # for now, not for good: the changes stay here and go up again after the
-                    # reconnection's backoff, until the server has room
-                    raise RemoteError(f"upload postponed: {exc.reason}") from None
-                log.error("the chain server refused local changes (kept here only): %s", exc.reason)
-                self.state.last_error = exc.reason
-                self.state.stats.rejected += 1
-                self.replica.mark_uploaded(batch.upto, -1)
-                await self._notify()
-                continue
-            # The upload counts once the stream reaches its Confirmed: what the server ordered
-            # before it has been applied (or shadowed) by then, so releasing our claim on the
-            # objects can never reorder anything.
-            async with self._changed:
-                while self.replica.uploaded_upto < batch.upto:
-                    await self._changed.wait()
+                await self._upload(remote, batch)
+            finally:
+                self._idle.set()
+
+    async def _upload(self, remote: RemoteChain, batch: Upload) -> None:
+        """Send one batch and wait until the stream has passed its confirmation."""
+        if not batch.records:
+            self.replica.mark_uploaded(batch.upto, -1)
+            await self._notify()
+            return
+        # the ML-DSA signature (~7 ms) runs off the loop, which goes on answering the kernel
+        batch = await asyncio.to_thread(self.replica.sign, batch)
+        self._in_flight = batch.upto
+        self._in_flight_hashes = batch.hashes
+        try:
+            await remote.commit(batch.records)
+        except CommitRejected as exc:
+            self._in_flight = None
+            already = _ALREADY.search(exc.reason)
+            if already is not None:
+                event = already.group(1)
+                if event not in self._resynced:
+                    # a copy reached the server, its confirmation did not: the stream of a
+                    # new connection recognises it (own_upload)
+                    self._resynced.add(event)
+                    raise RemoteError(f"resynchronising: {exc.reason}") from None
+                # an equal event of another writer is in the chain: its effect is there,
+                # the copy is left out of the upload
+                log.warning("event %s is in the chain already: not uploaded again", event)
+                self.replica.drop_events.add(bytes.fromhex(event))
+                return
+            if exc.reason.startswith(DISK_FULL_REASON):
+                # for now, not for good: the changes stay here and go up again after the
+                # reconnection's backoff, until the server has room
+                raise RemoteError(f"upload postponed: {exc.reason}") from None
+            log.error("the chain server refused local changes (kept here only): %s", exc.reason)
+            self.state.last_error = exc.reason
+            self.state.stats.rejected += 1
+            self.replica.mark_uploaded(batch.upto, -1)
+            await self._notify()
+            return
+        # The upload counts once the stream reaches its Confirmed: what the server ordered
+        # before it has been applied (or shadowed) by then, so releasing our claim on the
+        # objects can never reorder anything.
+        async with self._changed:
+            while self.replica.uploaded_upto < batch.upto:
+                await self._changed.wait()
+
+    # -- compaction of the replica's log (docs/adr/0007, application/replica_compaction.py) ----
+    @contextlib.asynccontextmanager
+    async def swapping(self, timeout: float | None = None) -> AsyncIterator[None]:
+        """Hold uploads while a compaction replaces the log: wait until no batch is in flight
+        (``TimeoutError`` after ``timeout``; the compaction is then given up), let none start,
+        and rebuild the queue of pending uploads from the log afterwards."""
+        self._swapping = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout or self.SWAP_WAIT_SECONDS)
+            yield
+        finally:
+            self._swapping = False
+            if not self.session.log_closed:
+                self.replica.reload()
+            self._wake_upload.set()
+            await self._notify()
 
     def _attest_delay(self) -> float | None:
         """Seconds until this replica attests the server-order head (None: nothing to attest:
