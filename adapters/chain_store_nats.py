@@ -293,7 +293,8 @@ class NatsChainStoreFactory(ChainStoreFactory):
     # -- connecting ----------------------------------------------------------------------------
     async def _connect(self) -> NatsClient:
         async def quiet(exc: Exception) -> None:
-            _log.debug("nats: %s", exc)
+            if not self._closing:
+                _log.warning("nats: %s: %s", type(exc).__name__, exc)
 
         async def disconnected() -> None:
             if self._closing:

@@ -41,9 +41,11 @@ from websockets.http11 import Request, Response
 
 from adapters.redolog_format import validate_chain_name
 from adapters.secure_channel import PLAIN, Channel, ServerWire, WireRefused, server_handshake
+from adapters.store_follower import StoreFollower
 from application.chain_admission import Refused
 from application.chain_host import ChainHost, HostBroken
 from application.chain_server import ChainServer
+from application.chain_store_host import StoreHost
 from application.server_peer import Peer
 from domain.secure_wire import TAG_SIZE, SecureOffer, decode_offer
 from domain.wire import Commit, Fatal, Hello, WireError, decode_client, encode
@@ -305,6 +307,8 @@ class WsChainServer:
         self._server: Server | None = None
         self._conns: set[_Connection] = set()
         self._syncers: dict[ChainHost, _Syncer] = {}
+        #: chains over a shared store: what other servers append (adapters/store_follower.py)
+        self._followers: dict[ChainHost, StoreFollower] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self._lock_ticker: asyncio.Task[None] | None = None
 
@@ -373,6 +377,9 @@ class WsChainServer:
             await syncer.flush()
             await syncer.stop()
         self._syncers.clear()
+        for follower in list(self._followers.values()):
+            await follower.stop()
+        self._followers.clear()
         self.app.close()
         _log.info("chain server stopped")
 
@@ -387,12 +394,20 @@ class WsChainServer:
             if host is None:
                 loaded = await asyncio.to_thread(self.app.load, name)
                 host = self.app.adopt(loaded) if loaded is not None else None
+            if host is not None:
+                self.follow(host)
             return host
+
+    def follow(self, host: ChainHost) -> None:
+        """Take in what other servers append to ``host`` (a chain over a shared store)."""
+        if isinstance(host, StoreHost) and host not in self._followers:
+            self._followers[host] = StoreFollower(host)
 
     def syncer(self, host: ChainHost) -> _Syncer:
         syncer = self._syncers.get(host)
         if syncer is None:
             syncer = self._syncers[host] = _Syncer(host)
+            self.follow(host)  # a chain created here
         return syncer
 
     async def release(self, host: ChainHost) -> None:
@@ -406,6 +421,9 @@ class WsChainServer:
         if syncer is not None:
             self._syncers.pop(host, None)
             await syncer.stop()
+        follower = self._followers.pop(host, None)
+        if follower is not None:
+            await follower.stop()
         self.app.close_host(host)
 
     # -- connections -----------------------------------------------------------------------------

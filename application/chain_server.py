@@ -34,8 +34,10 @@ class ChainServer:
     """The chains a server hosts: opened on first use, closed when their last client leaves."""
 
     def __init__(
-        self, logs: RedoLogFactory, crypto: Crypto, clock: Clock, config: ServerConfig
+        self, logs: RedoLogFactory | None, crypto: Crypto, clock: Clock, config: ServerConfig
     ) -> None:
+        #: the chains' redo logs (None: a subclass keeps its chains elsewhere and overrides
+        #: ``load`` and ``create``, application/chain_store_host.py)
         self.logs = logs
         self.crypto = crypto
         self.clock = clock
@@ -57,8 +59,13 @@ class ChainServer:
             return None
         return host
 
+    def exists(self, name: str) -> bool:
+        """Whether the chain exists (blocking)."""
+        return self.logs is not None and self.logs.exists(name)
+
     def load(self, name: str) -> ChainHost | None:
         """Open the chain's log (blocking); register the host with ``adopt``."""
+        assert self.logs is not None
         return ChainHost.open(self.logs, name, self.crypto, self.clock, self.config)
 
     def adopt(self, host: ChainHost) -> ChainHost:
@@ -77,6 +84,7 @@ class ChainServer:
             raise Refused("this server does not create chains")
         if self.config.read_only:
             raise Refused("the server is read-only: it creates no chains")
+        assert self.logs is not None
         host, appended = ChainHost.create(
             self.logs, name, header_body, records, self.crypto, self.clock, self.config
         )

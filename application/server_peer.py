@@ -196,7 +196,7 @@ class Peer:
     def _create(self, msg: Commit) -> None:
         assert self.header_body is not None
         existing = self.server.loaded(self.chain)
-        if existing is None and self.server.logs.exists(self.chain):
+        if existing is None and self.server.exists(self.chain):
             loaded = self.server.load(self.chain)  # rare: blocking on the loop
             existing = self.server.adopt(loaded) if loaded is not None else None
         if existing is not None:  # created by another client since our Hello

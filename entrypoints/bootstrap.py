@@ -153,16 +153,27 @@ def build_server(
     port: int,
     clock: Clock | None = None,
     wire_encryption: int | None = None,
+    store: str | None = None,
+    replicas: int = 3,
 ) -> WsChainServer:
     """The chain server: the file redo logs of ``data_dir`` (one per chain, the same adapter as
     a mount's), the real ML-DSA verifier, the system clock (or ``clock``: NTP), behind the
     websocket adapter, with its wire encryption keys from ``data_dir`` (created on first start;
     ``wire_encryption``: the least level every client must offer, None: plain clients too).
-    ``ServerKeyError`` when the keys cannot be read or created."""
+    ``ServerKeyError`` when the keys cannot be read or created. ``store``
+    (``nats://H:P[,H:P...]``): the chains live in that JetStream cluster instead, in a stream of
+    at least ``replicas`` replicas (ADR 0022); ``NatsRefused`` when the cluster will not do."""
     from adapters.secure_channel import ServerWire, load_server_keys
     from adapters.ws_server import WsChainServer
 
     wire = ServerWire(load_server_keys(data_dir), required=wire_encryption)
+    if store is not None:
+        from adapters.chain_store_nats import NatsChainStoreFactory, parse_servers
+        from application.chain_store_host import StoreChainServer
+
+        stores = NatsChainStoreFactory(parse_servers(store), replicas=replicas)
+        shared = StoreChainServer(stores, build_crypto(), clock or SystemClock(), config)
+        return WsChainServer(shared, host, port, wire=wire)
     app = ChainServer(
         FileRedoLogFactory(data_dir.expanduser()), build_crypto(), clock or SystemClock(), config
     )

@@ -53,11 +53,16 @@ def server_or_exit(
     port: int = 0,
     wire_encryption: int | None = None,
     settings: GlobalSettings | None = None,
+    store: str | None = None,
+    replicas: int = 3,
 ) -> WsChainServer:
     """The chain server, built by the composition root (loaded only when a server starts). Its
     clock follows the global --ntp-pool/--ntp-port/--no-ntp of ``settings`` (it decides which
     events lie too far in the future). ``wire_encryption``: the least level of wire encryption
-    every client must use (None: plain clients too); exit 1 when its keys cannot be had."""
+    every client must use (None: plain clients too); exit 1 when its keys cannot be had.
+    ``store``: the chains' JetStream cluster (``nats://H:P[,H:P...]``, ADR 0022); exit 2 when
+    it is unreachable, has no JetStream or a stream of fewer than ``replicas`` replicas."""
+    from adapters.chain_store_nats import NatsRefused
     from adapters.secure_channel import ServerKeyError
     from application.ports import LogError
     from entrypoints.bootstrap import build_clock, build_server
@@ -67,9 +72,13 @@ def server_or_exit(
     except OptionError as exc:
         fail(str(exc), USAGE)
     try:
-        return build_server(data_dir, config, host, port, clock, wire_encryption)
+        return build_server(
+            data_dir, config, host, port, clock, wire_encryption, store=store, replicas=replicas
+        )
     except ServerKeyError as exc:
         fail(str(exc), 1)
+    except NatsRefused as exc:
+        fail(f"--store: {exc}", USAGE)
     except LogError as exc:  # the auth service's log (data_dir/auth/)
         fail(f"cannot open the auth service's log in {data_dir}: {exc}", 1)
 
@@ -114,6 +123,8 @@ def serve(
     lock_grace: Annotated[float | None, typer.Option("--lock-grace", help="Seconds after a start during which only locks held before are granted again (default: the lease)")] = None,  # noqa: E501
     wire_encryption: Annotated[int | None, typer.Option("--wire-encryption", help="Require quantum resistant wire encryption (ML-KEM + AES-256-GCM) of at least 128, 192 or 256 bits from every client; without it plain and encrypted clients are both served (also the global --wire-encryption)")] = None,  # noqa: E501
     metrics: Annotated[str | None, typer.Option("--metrics", help="Expose Prometheus metrics (connections, chains, commits, bytes, lock waits) at http://HOST:PORT/metrics")] = None,  # noqa: E501
+    store: Annotated[str | None, typer.Option("--store", help="Keep the chains in a NATS JetStream cluster, nats://HOST:PORT[,HOST:PORT...], shared by any number of servers (default: redo logs in --data-dir, which then holds only the wire keys)")] = None,  # noqa: E501
+    replicas: Annotated[int, typer.Option("--replicas", help="With --store: the replicas the chains' stream must have (created with them when missing; a stream with fewer is refused)")] = 3,  # noqa: E501
 ) -> None:  # fmt: skip
     """Run a chain server: many chains, each at ws://HOST:PORT/db/NAME. It validates every event
     (format, signatures, authorisation, timestamps) and never holds a key that decrypts."""
@@ -134,6 +145,15 @@ def serve(
         metrics_at = None if metrics is None else host_port(metrics, "--metrics")
     except OptionError as exc:
         fail(str(exc), USAGE)
+    if store is not None:
+        from adapters.chain_store_nats import parse_servers
+
+        try:
+            parse_servers(store)
+        except ValueError as exc:
+            fail(f"--store: {exc}", USAGE)
+        if not 1 <= replicas <= 5:
+            fail("--replicas must be 1 to 5 (JetStream's limit)", USAGE)
     limits = ServerLimits(
         max_frame=max_frame,
         batch_events=BATCH_EVENTS,
@@ -148,7 +168,9 @@ def serve(
         read_only=read_only,
         locks=LockConfig(lease=lock_lease, grace=lock_grace),
     )
-    server = server_or_exit(data_dir, config, host, port, wire_encryption, settings)
+    server = server_or_exit(
+        data_dir, config, host, port, wire_encryption, settings, store=store, replicas=replicas
+    )
     exporter = None if metrics_at is None else _metrics(metrics_at, server)
     try:
         asyncio.run(run_server(server))
