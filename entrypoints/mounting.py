@@ -143,13 +143,8 @@ def mount_settings(
     policy = _compact_policy(*compaction, keep_history=keep_history)
     if remote is not None:
         checked_chain_name(remote)  # exit 2 for a URL that names no chain
-        if compact_now:
-            from entrypoints.console import not_yet
-
-            not_yet("--compact-now on a replicated mount", "compaction of replicas")
-        # A replica's log positions are its bookkeeping with the server (docs/adr/0009):
-        # compacting it is not supported yet, so it never runs on its own.
-        policy = CompactPolicy(CompactMode.NEVER)
+        # a replica compacts too (--compact-now, the policy): its compaction keeps the
+        # bookkeeping with the server (docs/adr/0007, application/replica_compaction.py)
     if compact_now and read_only:
         fail("--compact-now rewrites the log: it cannot be combined with --read-only", USAGE)
     try:

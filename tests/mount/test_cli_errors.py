@@ -358,7 +358,7 @@ def test_mount_with_a_token_is_refused_as_not_built_yet(mounter: Mounter) -> Non
         ("http://127.0.0.1:5000/db/x", (), "not a chain URL"),
         ("ws://127.0.0.1:5000/x", (), "not a chain URL"),
         ("ws://127.0.0.1:5000/db/a/b", (), "not a chain name"),
-        ("ws://127.0.0.1:5000/db/x", ("--compact-now",), "not implemented"),
+        ("ws://127.0.0.1:5000/db/x", ("--compact-now", "--read-only"), "--read-only"),
     ],
 )
 def test_bad_remote_mounts_fail_cleanly(
