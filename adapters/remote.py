@@ -17,6 +17,7 @@ from adapters.ws_client import (
     ServerKeyChanged,
     WireEncryptionRefused,
 )
+from application.chain_token import ChainSigner
 from application.ports import (
     CommitRejected,
     KernelCache,
@@ -65,16 +66,26 @@ class WsRemoteChain(RemoteChain):
 
 class WsConnector(RemoteConnector):
     def __init__(
-        self, url: str, *, open_timeout: float = 10.0, wire: ClientWire | None = None
+        self,
+        url: str,
+        *,
+        open_timeout: float = 10.0,
+        wire: ClientWire | None = None,
+        signer: ChainSigner | None = None,
     ) -> None:
         self.url = url
         self.open_timeout = open_timeout
         self.wire = wire
+        self.signer = signer  # a token's, for a chain of a user or group (ADR 0018)
 
     async def connect(self, header: bytes | None) -> RemoteChain:
         try:
             client = await ChainClient.connect(
-                self.url, header=header, open_timeout=self.open_timeout, wire=self.wire
+                self.url,
+                header=header,
+                open_timeout=self.open_timeout,
+                wire=self.wire,
+                signer=self.signer,
             )
         except (WireEncryptionRefused, ServerKeyChanged) as exc:
             raise RemoteRefused(f"{self.url}: {exc}") from None
@@ -84,13 +95,16 @@ class WsConnector(RemoteConnector):
 
 
 async def fetch_header(
-    url: str, open_timeout: float = 10.0, wire: ClientWire | None = None
+    url: str,
+    open_timeout: float = 10.0,
+    wire: ClientWire | None = None,
+    signer: ChainSigner | None = None,
 ) -> bytes | None:
     """The chain's header body as the server holds it (None: the server has no such chain);
     ``RemoteError`` when the server cannot be reached, ``RemoteRefused`` when it refuses (also:
     the wire encryption asked for, or a changed server key)."""
     try:
-        client = await ChainClient.connect(url, open_timeout=open_timeout, wire=wire)
+        client = await ChainClient.connect(url, open_timeout=open_timeout, wire=wire, signer=signer)
     except (WireEncryptionRefused, ServerKeyChanged) as exc:
         raise RemoteRefused(f"{url}: {exc}") from None
     except ServerFatal as exc:

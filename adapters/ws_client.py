@@ -49,6 +49,8 @@ from adapters.secure_channel import (
     ServerRefusedWire,
     client_handshake,
 )
+from application.chain_token import ChainSigner
+from domain.auth.chains import NONCE_HEADER
 from domain.secure_wire import LEVELS, KnownServerError
 from domain.wire import (
     MAX_FRAME,
@@ -146,9 +148,11 @@ class ChainClient:
         agent: str = "wasmer-dfs",
         client_id: bytes | None = None,
         wire: ClientWire | None = None,
+        signer: ChainSigner | None = None,
     ) -> ChainClient:
         """Connect (with ``wire``: encrypted, or not at all), say Hello and return once Welcome
-        arrived (``ServerFatal`` on a refusal)."""
+        arrived (``ServerFatal`` on a refusal). ``signer``: a token's signature over the nonce
+        of the handshake, for a chain of a user or group (ADR 0018)."""
         chain = chain_of(url)
         ws = await connect(
             url,
@@ -162,7 +166,16 @@ class ChainClient:
         try:
             if wire is not None:
                 channel = await _secure(ws, wire, url, open_timeout)
-            hello = Hello(list(versions), chain, header, agent, client_id)
+            auth = None
+            if signer is not None:
+                nonce = ws.response.headers.get(NONCE_HEADER) if ws.response else None
+                if not nonce:
+                    raise ChainClientError("the server gave no nonce: it takes no tokens")
+                try:
+                    auth = signer(bytes.fromhex(nonce), chain)
+                except ValueError:
+                    raise ChainClientError("the server's nonce is not hex") from None
+            hello = Hello(list(versions), chain, header, agent, client_id, auth)
             await ws.send(channel.seal(encode(hello)))
             async with asyncio.timeout(open_timeout):
                 msg = decode_server(channel.open(await ws.recv()))

@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 from adapters.secure_channel import ClientWire
 from adapters.ws_client import ChainClient, ChainClientError
+from application.chain_token import ChainSigner
 from application.locks import outcome
 from application.ports import (
     Acquire,
@@ -130,9 +131,11 @@ class WsLockCoordinator(LockCoordinator):
         backoff: tuple[float, float] = (0.1, 5.0),
         clock: Callable[[], float] = time.monotonic,
         wire: ClientWire | None = None,
+        signer: ChainSigner | None = None,
     ) -> None:
         self.url = url
         self.wire = wire
+        self.signer = signer  # a token's, for a chain of a user or group (ADR 0018)
         self.header = header
         self.client_id = client_id or os.urandom(16)
         self.open_timeout = open_timeout
@@ -316,6 +319,7 @@ class WsLockCoordinator(LockCoordinator):
             open_timeout=self.open_timeout,
             agent="wasmer-dfs locks",
             wire=self.wire,
+            signer=self.signer,
         )
         self._client = client
         self.lease = client.welcome.limits.lock_lease_ms / 1000

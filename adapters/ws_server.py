@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -47,6 +48,7 @@ from application.chain_host import ChainHost, HostBroken
 from application.chain_server import ChainServer
 from application.chain_store_host import StoreHost
 from application.server_peer import Peer
+from domain.auth.chains import CHAIN_NONCE_BYTES, NONCE_HEADER
 from domain.secure_wire import TAG_SIZE, SecureOffer, decode_offer
 from domain.wire import Commit, Fatal, Hello, WireError, decode_client, encode
 
@@ -66,6 +68,16 @@ def chain_from_path(path: str) -> str:
     if not parts.path.startswith(PATH_PREFIX):
         raise ValueError(f"the path must be {PATH_PREFIX}<chain>, not {parts.path!r}")
     return validate_chain_name(unquote(parts.path[len(PATH_PREFIX) :]))
+
+
+def _add_nonce(ws: ServerConnection, request: Request, response: Response) -> None:
+    """Every handshake's answer carries a fresh nonce that a token's Hello signs (ADR 0018)."""
+    response.headers[NONCE_HEADER] = secrets.token_hex(CHAIN_NONCE_BYTES)
+
+
+def _nonce_of(ws: ServerConnection) -> bytes:
+    value = ws.response.headers.get(NONCE_HEADER) if ws.response is not None else None
+    return bytes.fromhex(value) if value else b""
 
 
 def _close_reason(reason: str) -> str:
@@ -204,6 +216,7 @@ class _Connection:
         msg = decode_client(frame)
         if not isinstance(msg, Hello):
             raise Refused("the first frame must be a Hello")
+        self.peer.admit(msg, _nonce_of(self.ws))  # a token's signature (ADR 0018)
         host = await self.owner.host(self.peer.chain)
         welcome = self.peer.hello(msg, host)
         await self.ws.send(self.channel.seal(encode(welcome)))
@@ -320,6 +333,7 @@ class WsChainServer:
             self.bind[0],
             self.bind[1],
             process_request=self._check_path,
+            process_response=_add_nonce,
             max_size=limits.max_frame + TAG_SIZE,
             max_queue=4,
             compression=None,  # payloads are ciphertext: nothing to gain, a bomb to fear

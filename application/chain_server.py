@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from application.chain_admission import Refused
 from application.chain_host import Appended, ChainHost
@@ -24,6 +25,9 @@ from application.ports import Clock, Crypto, RedoLogFactory
 from application.server_config import ServerConfig
 from application.server_stats import ServerStats
 from domain.wire import CommitRecord
+
+if TYPE_CHECKING:
+    from application.chain_access import ChainAccess
 
 _log = logging.getLogger("wasmer_dfs.server")
 
@@ -51,6 +55,9 @@ class ChainServer:
         self.grace_until = clock.monotonic() + config.locks.grace_seconds
         #: what the server has done, counted (serve --metrics)
         self.stats = ServerStats()
+        #: who may use which chain (user and group chains, ADR 0018; None: anyone, passcode
+        #: chains only)
+        self.access: ChainAccess | None = None
 
     def loaded(self, name: str) -> ChainHost | None:
         host = self.hosts.get(name)

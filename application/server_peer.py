@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from application.chain_access import Admission
 from application.chain_admission import Refused, TransactionRefused, check_header
 from application.chain_host import ChainHost, HostBroken
 from application.chain_server import ChainServer
@@ -57,7 +58,9 @@ class Peer:
 
     def __init__(self, server: ChainServer, chain: str, wakeup: Callable[[], None]) -> None:
         self.server = server
-        self.chain = chain
+        self.chain = chain  # the stored name once admitted (user and group chains, ADR 0018)
+        self.url_chain = chain
+        self.admission: Admission | None = None
         self.wakeup = wakeup
         self.version = 0
         self.host: ChainHost | None = None
@@ -76,11 +79,24 @@ class Peer:
         server.stats.connections_opened += 1
 
     # -- incoming --------------------------------------------------------------------------------
+    def admit(self, msg: Hello, nonce: bytes) -> None:
+        """Who the Hello says it is, checked over the ``nonce`` the adapter gave, and the
+        chain's stored name (application/chain_access.py); before ``hello``."""
+        access = self.server.access
+        self.admission = (
+            Admission(self.url_chain)
+            if access is None
+            else access.admit(msg, self.url_chain, nonce)
+        )
+        self.chain = self.admission.chain
+
     def hello(self, msg: Hello, host: ChainHost | None) -> Welcome:
         """Answer the first frame; ``host`` is the chain's loaded host, or None when the server
         does not have the chain."""
-        if msg.chain != self.chain:
-            raise Refused(f"the Hello names chain {msg.chain!r} but the URL {self.chain!r}")
+        if msg.chain != self.url_chain:
+            raise Refused(f"the Hello names chain {msg.chain!r} but the URL {self.url_chain!r}")
+        if self.admission is None:
+            self.admit(msg, b"")
         try:
             self.version = negotiate(msg.versions, self.server.config.versions)
         except VersionMismatch as exc:
@@ -175,6 +191,12 @@ class Peer:
         self.history_end = self.host.durable_end
 
     def _commit(self, msg: Commit) -> None:
+        access, who = self.server.access, self.admission
+        refusal = None if access is None or who is None else access.may_write(who)
+        if refusal is not None:
+            self.server.stats.commits_refused += 1
+            self.notices.append(CommitError(msg.tx_id, refusal))
+            return
         try:
             if self.host is None:
                 self._create(msg)
@@ -240,6 +262,10 @@ class Peer:
             raise Refused("too slow")
         if self.lock_expired is not None:
             raise Refused(self.lock_expired)
+        access, who = self.server.access, self.admission
+        gone = None if access is None or who is None else access.may_read(who)
+        if gone is not None:  # removed from the group since the Hello (ADR 0018)
+            raise Refused(gone)
         if self.notices:
             return self.notices.popleft()
         host = self.host

@@ -90,6 +90,17 @@ class ServerLimits(msgspec.Struct, frozen=True):
 
 
 # --- client -> server ---------------------------------------------------------------------------
+class ChainAuth(msgspec.Struct, frozen=True):
+    """Who a connection is (issue 14, docs/adr/0018): the user's email, the group whose chain
+    it asks for (None: the user's own chain) and the user's normal ML-DSA signature over
+    ``domain.auth.chains.signed_chain_auth`` with the nonce the server gave in the websocket
+    handshake's ``x-wasmer-dfs-nonce`` header."""
+
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=254)]
+    group: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None
+    signature: Annotated[bytes, msgspec.Meta(max_length=8192)]
+
+
 class Hello(msgspec.Struct, frozen=True, tag="hello", tag_field="t"):
     """The first frame of a connection: the versions the client speaks, the chain (the same name
     as in the URL path) and, when the client holds the chain already or creates it, the chain
@@ -102,6 +113,8 @@ class Hello(msgspec.Struct, frozen=True, tag="hello", tag_field="t"):
     #: the client's name for its lock session (random, kept across reconnects, so that a
     #: reconnect finds its locks again); None: the locks of this connection cannot be reclaimed
     client_id: Annotated[bytes, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    #: a token's signature: the chain is then the user's or the group's (None: a passcode chain)
+    auth: ChainAuth | None = None
 
 
 class Subscribe(msgspec.Struct, frozen=True, tag="subscribe", tag_field="t"):

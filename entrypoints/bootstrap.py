@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from adapters.ws_auth import AuthHost
     from adapters.ws_server import WsChainServer
     from application.auth import AuthKeys
+    from application.chain_token import ChainSigner
     from application.compaction import Compactor
     from application.mount import Mounted
     from application.ports import RefusalRecord
@@ -155,6 +156,7 @@ def build_server(
     wire_encryption: int | None = None,
     store: str | None = None,
     replicas: int = 3,
+    allow_anonymous: bool = True,
 ) -> WsChainServer:
     """The chain server: the file redo logs of ``data_dir`` (one per chain, the same adapter as
     a mount's), the real ML-DSA verifier, the system clock (or ``clock``: NTP), behind the
@@ -162,9 +164,11 @@ def build_server(
     ``wire_encryption``: the least level every client must offer, None: plain clients too).
     ``ServerKeyError`` when the keys cannot be read or created. ``store``
     (``nats://H:P[,H:P...]``): the chains live in that JetStream cluster instead, in a stream of
-    at least ``replicas`` replicas (ADR 0022); ``NatsRefused`` when the cluster will not do."""
+    at least ``replicas`` replicas (ADR 0022); ``NatsRefused`` when the cluster will not do.
+    ``allow_anonymous``: chains without a token may be created and written (ADR 0018)."""
     from adapters.secure_channel import ServerWire, load_server_keys
     from adapters.ws_server import WsChainServer
+    from application.chain_access import ChainAccess
 
     wire = ServerWire(load_server_keys(data_dir), required=wire_encryption)
     if store is not None:
@@ -173,11 +177,14 @@ def build_server(
 
         stores = NatsChainStoreFactory(parse_servers(store), replicas=replicas)
         shared = StoreChainServer(stores, build_crypto(), clock or SystemClock(), config)
+        shared.access = ChainAccess(None, shared.crypto, allow_anonymous)  # no auth service yet
         return WsChainServer(shared, host, port, wire=wire)
     app = ChainServer(
         FileRedoLogFactory(data_dir.expanduser()), build_crypto(), clock or SystemClock(), config
     )
-    return WsChainServer(app, host, port, wire=wire, auth=build_auth(data_dir, clock))
+    auth = build_auth(data_dir, clock)
+    app.access = ChainAccess(auth.service, app.crypto, allow_anonymous)
+    return WsChainServer(app, host, port, wire=wire, auth=auth)
 
 
 def build_auth(data_dir: Path, clock: Clock | None = None) -> AuthHost:
@@ -208,12 +215,14 @@ def build_replica(
     clock_tolerance_ms: int | None = None,
     wire: ClientWire | None = None,
     refusals: RefusalRecord | None = None,
+    signer: ChainSigner | None = None,
 ) -> Replicated:
     """A replicated mount's services: replication through the chain server at ``url`` (the
     websocket adapter; streamed events stamped more than ``clock_tolerance_ms`` ahead are
     refused), distributed locks through the same server, the kernel's caches. ``wire``: both
     connections encrypted (docs/adr/0013), never plain. ``refusals``: where a forged or forked
-    history the replica refuses is recorded (``build_refusals``, docs/adr/0016)."""
+    history the replica refuses is recorded (``build_refusals``, docs/adr/0016). ``signer``: a
+    token's, for a chain of a user or group (ADR 0018)."""
     from adapters.fuse_runner import Replicated
     from adapters.remote import FuseKernelCache, WsConnector
     from adapters.ws_locks import WsLockCoordinator
@@ -223,10 +232,10 @@ def build_replica(
 
     session, fs = mounted.session, mounted.fs
     replication = ReplicationService(
-        session, ReplicaLog(session), fs, WsConnector(url, wire=wire), mode,
+        session, ReplicaLog(session), fs, WsConnector(url, wire=wire, signer=signer), mode,
         clock_tolerance_ms=clock_tolerance_ms, refusals=refusals,
     )  # fmt: skip
-    coordinator = WsLockCoordinator(url, header=session.header.encode(), wire=wire)
+    coordinator = WsLockCoordinator(url, header=session.header.encode(), wire=wire, signer=signer)
     locks = LockService(coordinator, fs.inode_of, replication)
     return Replicated(replication, locks, FuseKernelCache(), coordinator.start)
 

@@ -90,9 +90,12 @@ def main_options(
         fail(str(exc), USAGE)
     level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="wasmer-dfs: %(levelname)s: %(name)s: %(message)s")
-    if ctx.invoked_subcommand not in AUTH_COMMANDS:  # mount with a token: the next step
+    if ctx.invoked_subcommand not in (*AUTH_COMMANDS, "mount"):  # mount: chains of users/groups
         if token is not None or token_path is not None:
-            not_yet("mounting with a token (--token/--token-path)", "users, groups and tokens")
+            not_yet(
+                f"{ctx.invoked_subcommand} with a token (--token/--token-path)",
+                "users, groups and tokens",
+            )
         if auth is not None:
             not_yet(f"{ctx.invoked_subcommand} with --auth", "users, groups and tokens")
 
@@ -139,6 +142,7 @@ def mount(
     log: Annotated[Path | None, typer.Option("--log", help="Append the logs to FILE [in the background, default: syslog / the journal through /dev/log, else LOG_PATH/daemon.out]")] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", help="Expose Prometheus metrics (operations, latencies, bytes, uploads pending, connection) at http://HOST:PORT/metrics")] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", metavar="TIME", help="Mount the tree read-only as it was at TIME (ISO 8601, or a duration before now: 90s, 2h, 1d), replayed from the local log (a replica's too: the server is not contacted)")] = None,
+    group: Annotated[str | None, typer.Option("--group", metavar="GROUP", help="With --token/--token-path: mount GROUP's chain NAME (ws://HOST:PORT/db/NAME) instead of your own; observers mount it read-only")] = None,
 ) -> None:  # fmt: skip
     """Mounts a local or remote file system (runs until unmounted, SIGINT or SIGTERM)."""
     from entrypoints import mounting
@@ -157,7 +161,7 @@ def mount(
     settings = dataclasses.replace(
         settings, passfile=None if passfile is None else passfile.expanduser().absolute(),
         extpass=extpass, background=background,
-        log_file=None if log is None else log.expanduser().absolute(),
+        log_file=None if log is None else log.expanduser().absolute(), group=group,
     )  # fmt: skip
     if as_of is not None:
         from entrypoints import timetravel

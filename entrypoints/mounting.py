@@ -7,6 +7,7 @@ message and an exit code (entrypoints/console.py); the adapters come from the co
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -89,6 +90,8 @@ class MountSettings:
     metrics: tuple[str, int] | None = None
     #: --view NAME[=ARG]: installed views turned on (docs/views.md)
     views: tuple[tuple[str, str | None], ...] = ()
+    #: --group GROUP: with a token, the group's chain (ADR 0018; None: the token user's own)
+    group: str | None = None
 
     @property
     def chain_name(self) -> str | None:
@@ -314,7 +317,7 @@ def _replica(s: MountSettings, mounted: Mounted, server: Server, logs_dir: Path)
     refusals = bootstrap.build_refusals(logs_dir, LOCAL_CHAIN)
     mode = s.recovery_mode
     replicated = bootstrap.build_replica(
-        mounted, server.url, mode, tolerance, server.wire, refusals
+        mounted, server.url, mode, tolerance, server.wire, refusals, server.signer
     )
     new = ROOT_INO not in mounted.fs.view.inodes or mounted.created
     replicated.wait_first_sync = new or mode is not RecoveryMode.ASYNC
@@ -325,6 +328,16 @@ def _replica(s: MountSettings, mounted: Mounted, server: Server, logs_dir: Path)
 # --- the whole command ---------------------------------------------------------------------------
 def mount_and_serve(s: MountSettings, g: GlobalSettings) -> None:
     """Mount, serve until unmounted (or SIGINT/SIGTERM), unmount."""
+    from entrypoints.token_mount import choose_secret, token_mount
+
+    # a token's mount (None: a passcode mount)
+    tm = token_mount(
+        g, name=s.chain_name, group=s.group, log_path=s.log_path, read_only=s.read_only,
+        passcode_given=bool(s.passcode or s.passfile or s.extpass or s.no_auth),
+        remote_logs=DEFAULT_REMOTE_LOGS, crypto=bootstrap.build_crypto(),
+    )  # fmt: skip
+    if tm is not None:
+        s = dataclasses.replace(s, log_path=tm.log_path, read_only=tm.read_only)
     mnt = _check_mount_point(s)
     logs_dir = s.logs_dir
     logs_dir.mkdir(parents=True, exist_ok=True)
@@ -333,7 +346,7 @@ def mount_and_serve(s: MountSettings, g: GlobalSettings) -> None:
         creating_here = not (logs_dir / f"{LOCAL_CHAIN}.log").exists()
         secret = (
             None if no_secret else passcode_of(s.passcode, creating_here, s.passfile, s.extpass)
-        )
+        ) if tm is None else None  # fmt: skip
         daemon.start(secret, s.log_file, logs_dir)
     daemon.begin(s.log_file, logs_dir)
     metrics = _metrics(s)  # in the daemon, not in a --background parent (which only waits)
@@ -348,13 +361,20 @@ def mount_and_serve(s: MountSettings, g: GlobalSettings) -> None:
     creating = not mounts.logs.exists(LOCAL_CHAIN)
     server = None
     if s.remote is not None:
-        server = find_server(s.remote, s.preset, g, mounts, resolver, creating)
+        signer = None if tm is None else tm.signer
+        server = find_server(s.remote, s.preset, g, mounts, resolver, creating, signer)
         creating = creating and server.header is None
-    secret = (
-        None
-        if (s.no_auth or g.no_auth)
-        else passcode_of(s.passcode, creating, s.passfile, s.extpass)
-    )
+    if tm is not None:
+        header = None if creating or server is None else server.header
+        if header is None and not creating and len(tm.secrets) > 1:
+            header = mounts.logs.read_header(LOCAL_CHAIN)  # which epoch's key opens it
+        secret = choose_secret(tm, header, mounts.crypto)
+    else:
+        secret = (
+            None
+            if (s.no_auth or g.no_auth)
+            else passcode_of(s.passcode, creating, s.passfile, s.extpass)
+        )
     mounted = _open(mounts, _request(s, secret, server))
     if metrics is not None:
         metrics.stats = mounted.fs.stats

@@ -21,6 +21,7 @@ from entrypoints.settings import LOCAL_CHAIN, GlobalSettings
 
 if TYPE_CHECKING:
     from adapters.secure_channel import ClientWire
+    from application.chain_token import ChainSigner
 
 _log = logging.getLogger("wasmer_dfs")
 
@@ -33,6 +34,8 @@ class Server:
     url: str
     wire: ClientWire | None
     header: bytes | None
+    #: a token's signature for a chain of a user or group (ADR 0018; None: a passcode chain)
+    signer: ChainSigner | None = None
 
 
 def _resolved(url: str, resolver: Resolver) -> str:
@@ -89,7 +92,7 @@ def _server_resolver(url: str, g: GlobalSettings, resolver: Resolver, dnssec: bo
     return bootstrap.build_dnssec_resolver(g)
 
 
-def _check_wire(url: str, wire: ClientWire) -> None:
+def _check_wire(url: str, wire: ClientWire, signer: ChainSigner | None = None) -> None:
     """One encrypted handshake with the server of an existing replica before mounting: a server
     that refuses the wire encryption, or a changed key, stops the mount (exit 3) rather than
     leaving it disconnected; an unreachable server does not (the mount starts disconnected)."""
@@ -99,14 +102,16 @@ def _check_wire(url: str, wire: ClientWire) -> None:
     from application.ports import RemoteError, RemoteRefused
 
     try:
-        asyncio.run(fetch_header(url, wire=wire))
+        asyncio.run(fetch_header(url, wire=wire, signer=signer))
     except RemoteRefused as exc:
         fail(f"the chain server refused: {exc}", REFUSED)
     except RemoteError as exc:
         _log.warning("%s", exc)
 
 
-def _server_header(url: str, wire: ClientWire | None = None) -> bytes | None:
+def _server_header(
+    url: str, wire: ClientWire | None = None, signer: ChainSigner | None = None
+) -> bytes | None:
     """The chain's header from the server, for a replica without a local log (None: the server
     does not hold the chain, this mount creates it). Retries with back-off until the server
     answers; exits when it refuses."""
@@ -118,7 +123,7 @@ def _server_header(url: str, wire: ClientWire | None = None) -> bytes | None:
     delay = 0.2
     while True:
         try:
-            return asyncio.run(fetch_header(url, wire=wire))
+            return asyncio.run(fetch_header(url, wire=wire, signer=signer))
         except RemoteRefused as exc:
             fail(f"the chain server refused: {exc}", REFUSED)
         except RemoteError as exc:
@@ -134,17 +139,18 @@ def find_server(
     mounts: MountService,
     resolver: Resolver,
     creating: bool,
+    signer: ChainSigner | None = None,
 ) -> Server:
     """The chain server of the replica of ``url`` (``preset``: the one given to the mount): its
     host resolved (with DNSSEC when the chain's preset asks for it), its wire encryption checked,
     and, for a new replica, the chain's header."""
     wire = bootstrap.build_client_wire(url, g.wire_encryption)
     dnssec = _wants_dnssec(mounts, preset, None)
-    server = Server(_resolved(url, _server_resolver(url, g, resolver, dnssec)), wire, None)
+    server = Server(_resolved(url, _server_resolver(url, g, resolver, dnssec)), wire, None, signer)
     if wire is not None and not creating:
-        _check_wire(server.url, wire)
+        _check_wire(server.url, wire, signer)
     if creating:
-        server.header = _server_header(server.url, wire)
+        server.header = _server_header(server.url, wire, signer)
         header = server.header
         if header is not None and not dnssec and _wants_dnssec(mounts, preset, header):
             # the chain was created --configured-for security: find its server with DNSSEC from

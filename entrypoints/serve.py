@@ -55,6 +55,7 @@ def server_or_exit(
     settings: GlobalSettings | None = None,
     store: str | None = None,
     replicas: int = 3,
+    allow_anonymous: bool = True,
 ) -> WsChainServer:
     """The chain server, built by the composition root (loaded only when a server starts). Its
     clock follows the global --ntp-pool/--ntp-port/--no-ntp of ``settings`` (it decides which
@@ -73,8 +74,9 @@ def server_or_exit(
         fail(str(exc), USAGE)
     try:
         return build_server(
-            data_dir, config, host, port, clock, wire_encryption, store=store, replicas=replicas
-        )
+            data_dir, config, host, port, clock, wire_encryption, store=store, replicas=replicas,
+            allow_anonymous=allow_anonymous,
+        )  # fmt: skip
     except ServerKeyError as exc:
         fail(str(exc), 1)
     except NatsRefused as exc:
@@ -125,6 +127,7 @@ def serve(
     metrics: Annotated[str | None, typer.Option("--metrics", help="Expose Prometheus metrics (connections, chains, commits, bytes, lock waits) at http://HOST:PORT/metrics")] = None,  # noqa: E501
     store: Annotated[str | None, typer.Option("--store", help="Keep the chains in a NATS JetStream cluster, nats://HOST:PORT[,HOST:PORT...], shared by any number of servers (default: redo logs in --data-dir, which then holds only the wire keys)")] = None,  # noqa: E501
     replicas: Annotated[int, typer.Option("--replicas", help="With --store: the replicas the chains' stream must have (created with them when missing; a stream with fewer is refused)")] = 3,  # noqa: E501
+    allow_anonymous: Annotated[bool, typer.Option("--allow-anonymous/--no-anonymous", help="Create and write chains for connections without a token (passcode chains); --no-anonymous: only chains of users and groups, mounted with --token (ADR 0018)")] = True,  # noqa: E501
 ) -> None:  # fmt: skip
     """Run a chain server: many chains, each at ws://HOST:PORT/db/NAME. It validates every event
     (format, signatures, authorisation, timestamps) and never holds a key that decrypts."""
@@ -169,8 +172,9 @@ def serve(
         locks=LockConfig(lease=lock_lease, grace=lock_grace),
     )
     server = server_or_exit(
-        data_dir, config, host, port, wire_encryption, settings, store=store, replicas=replicas
-    )
+        data_dir, config, host, port, wire_encryption, settings, store=store, replicas=replicas,
+        allow_anonymous=allow_anonymous,
+    )  # fmt: skip
     exporter = None if metrics_at is None else _metrics(metrics_at, server)
     try:
         asyncio.run(run_server(server))

@@ -343,11 +343,11 @@ def test_auth_commands_without_their_arguments_fail_cleanly(
     assert "Traceback" not in r.stderr
 
 
-def test_mount_with_a_token_is_refused_as_not_built_yet(mounter: Mounter) -> None:
+def test_mount_of_a_local_chain_with_a_token_is_refused(mounter: Mounter) -> None:
     mnt, logdir = mounter.dirs()
     r = mounter.cli("--token-path", "/etc/hostname", "mount", str(mnt), str(logdir))
     assert r.returncode == 2, (r.stdout, r.stderr)
-    assert "not implemented yet" in r.stderr, r.stderr
+    assert "a token mounts a chain of a server" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert not any(logdir.iterdir())
 

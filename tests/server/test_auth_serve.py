@@ -176,7 +176,7 @@ def test_twenty_wrong_codes_lock_the_account_until_the_back_off_ends(
     assert done.returncode == 3 and "locked after 22 wrong codes" in done.stderr
 
 
-def test_mount_with_a_token_is_still_refused(tmp_path: Path) -> None:
+def test_mount_of_a_local_chain_with_a_token_is_refused(tmp_path: Path) -> None:
     done = subprocess.run(
         [wasmer_dfs_exe(), "--token-path", str(tmp_path / "t"), "mount", str(tmp_path)],
         stdin=subprocess.DEVNULL,
@@ -186,7 +186,7 @@ def test_mount_with_a_token_is_still_refused(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert "mounting with a token (--token/--token-path) is not implemented yet" in done.stderr
+    assert "a token mounts a chain of a server" in done.stderr
 
 
 def test_a_sealed_tokens_passphrase_comes_from_a_passfile_or_a_command(
