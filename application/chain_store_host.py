@@ -293,6 +293,11 @@ class StoreChainServer(ChainServer):
     ) -> None:
         super().__init__(None, crypto, clock, config)
         self.stores = stores
+        # locks in JetStream KV are not built (issue 16, ADR 0022): say so, every start
+        _log.warning(
+            "file locks are kept by each server: they hold among the mounts connected to this"
+            " server, not against mounts connected to another server over the same store"
+        )
 
     def exists(self, name: str) -> bool:
         return self.stores.exists(name)

@@ -117,3 +117,53 @@ def test_too_few_replicas_are_refused(tmp_path: Path) -> None:
 def test_a_malformed_store_is_refused(tmp_path: Path) -> None:
     done = _serve(tmp_path, "--store", "http://localhost:4222")
     assert done.returncode == 2 and "nats://HOST:PORT" in done.stderr, done.stderr
+
+
+def test_a_nats_node_killed_while_a_writes_loses_nothing(
+    tmp_path: Path, mounter: Mounter, cluster: NatsCluster
+) -> None:
+    """kill -9 the NATS node A's server is connected to (it is given that node only, and learns
+    the others from the cluster) while A writes fsync'd files in sync recovery mode: every
+    write A acknowledged reaches B through the other server; the node comes back."""
+    node0 = "nats://" + cluster.nodes[0].address
+    (tmp_path / "s1").mkdir()
+    (tmp_path / "s2").mkdir()
+    one = ServerProc(tmp_path / "s1", tmp_path / "s1.out", args=("--store", node0))
+    two = ServerProc(tmp_path / "s2", tmp_path / "s2.out", args=("--store", cluster.url))
+    try:
+        one.start()
+        two.start()
+        _write_through_a_node_kill(mounter, cluster, one, two)
+    finally:
+        one.stop()
+        two.stop()
+
+
+def _write_through_a_node_kill(
+    mounter: Mounter, cluster: NatsCluster, one: ServerProc, two: ServerProc
+) -> None:
+    a = mount_remote(mounter, "a", one.url(), "--recovery-mode", "sync")
+    b = mount_remote(mounter, "b", two.url())
+    acknowledged: list[str] = []
+
+    def put(name: str) -> None:
+        fd = os.open(a.mnt / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, name.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        acknowledged.append(name)
+
+    for i in range(5):
+        put(f"before-{i}")
+    cluster.kill(0)  # SIGKILL, by pid
+    for i in range(10):
+        put(f"during-{i}")
+    cluster.start(0)
+    cluster.wait_listening(0)
+    for i in range(5):
+        put(f"after-{i}")
+    for name in acknowledged:
+        eventually(lambda n=name: _same(b.mnt / n, n.encode()), f"{name} on B", timeout=60)
+    eventually(lambda: _eq(tree(a.mnt), tree(b.mnt)), "the same tree on A and B")
