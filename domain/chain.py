@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -120,7 +120,9 @@ class ChainIndex:
     chain_id: bytes
     root_write: WriteOption
     objects: dict[int, ObjectInfo] = field(default_factory=dict)
-    children: dict[int, set[int]] = field(default_factory=dict)
+    #: parent -> its children: the one child's key itself while there is only one (most
+    #: objects have one: a file's one page), a set from the second on (``children_of``)
+    children: dict[int, int | set[int]] = field(default_factory=dict)
     public_keys: dict[bytes, bytes] = field(default_factory=dict)
     #: head of the hash chain over every accepted event (see ``chain_head``)
     head: bytes = b""
@@ -132,6 +134,37 @@ class ChainIndex:
             self.head = self.attested = genesis_head(self.chain_id)
 
     # -- queries -------------------------------------------------------------------------------
+    def children_of(self, key: int) -> Iterable[int]:
+        """The keys of the objects whose parent is ``key``."""
+        kids = self.children.get(key)
+        if kids is None:
+            return ()
+        return (kids,) if isinstance(kids, int) else kids
+
+    def add_child(self, parent: int, key: int) -> None:
+        kids = self.children.get(parent)
+        if kids is None:
+            self.children[parent] = key
+        elif isinstance(kids, int):
+            if kids != key:
+                self.children[parent] = {kids, key}
+        else:
+            kids.add(key)
+
+    def discard_child(self, parent: int, key: int) -> None:
+        kids = self.children.get(parent)
+        if kids is None:
+            return
+        if isinstance(kids, int):
+            if kids == key:
+                del self.children[parent]
+            return
+        kids.discard(key)
+        if len(kids) == 1:
+            self.children[parent] = next(iter(kids))
+        elif not kids:
+            del self.children[parent]
+
     def effective_write(
         self, key: int | None, overlay: dict[int, ObjectInfo | None]
     ) -> WriteOption:
@@ -174,13 +207,18 @@ class ChainIndex:
         dk = hdr.find(DataKey)
         if dk is None:
             return None
-        info = _info_from(hdr, dk.key, self.objects.get(dk.key), ev.position)
         old = self.objects.get(dk.key)
+        info = _info_from(hdr, dk.key, old, ev.position)
+        if info.parent is not None:
+            # share the parent's key object (an int of 64 bits is 36 bytes, per reference)
+            up = self.objects.get(info.parent)
+            if up is not None:
+                info.parent = up.key
         if old is not None and old.parent != info.parent and old.parent is not None:
-            self.children.get(old.parent, set()).discard(dk.key)
+            self.discard_child(old.parent, dk.key)
         self.objects[dk.key] = info
         if info.parent is not None:
-            self.children.setdefault(info.parent, set()).add(dk.key)
+            self.add_child(info.parent, dk.key)
         return ("put", dk.key)
 
     def _delete(self, key: int) -> None:
@@ -191,10 +229,9 @@ class ChainIndex:
             k = stack.pop()
             info = self.objects.pop(k, None)
             if info is not None and info.parent is not None:
-                siblings = self.children.get(info.parent)
-                if siblings is not None:
-                    siblings.discard(k)
-            stack.extend(self.children.pop(k, ()))
+                self.discard_child(info.parent, k)
+            stack.extend(self.children_of(k))
+            self.children.pop(k, None)
 
 
 def _info_from(
@@ -211,10 +248,31 @@ def _info_from(
         key=key,
         parent=pk,
         collection=coll,
-        auth=auth if auth is not None else (old.auth if old is not None else None),
-        type_name=typ.name if typ is not None else (old.type_name if old else None),
+        auth=shared(auth) if auth is not None else (old.auth if old is not None else None),
+        type_name=shared(typ.name) if typ is not None else (old.type_name if old else None),
         position=position,
     )
+
+
+#: one object per distinct value of what many objects repeat (authorisations, type names); its
+#: size is bounded: a value seen after it is full is kept as it is (equal, only not shared)
+_SHARED: dict[Any, Any] = {}
+_SHARED_MAX = 4096
+_T = TypeVar("_T")
+
+
+def shared(value: _T) -> _T:
+    """The one stored object equal to ``value`` (``value`` itself the first time): a million
+    objects then hold one ``Authorization`` and one ``"inode"`` instead of a million of each."""
+    try:
+        found = _SHARED.get(value)
+    except TypeError:  # unhashable (a WriteAny holds a list): not shared
+        return value
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    if len(_SHARED) < _SHARED_MAX:
+        _SHARED[value] = value
+    return value
 
 
 # --- validation pipeline -----------------------------------------------------------------------
@@ -370,7 +428,7 @@ class AuthorizationValidator:
                 while stack:
                     k = stack.pop()
                     overlay[k] = None
-                    stack.extend(c for c in index.children.get(k, ()) if exists(c))
+                    stack.extend(c for c in index.children_of(k) if exists(c))
                     stack.extend(c for c in born.pop(k, ()) if exists(c))
                 continue
             if parent is not None and not exists(parent.parent):

@@ -72,7 +72,7 @@ class InOrderPlanner:
                 life = self._life.pop(k, None)
                 if life is not None:
                     self._ended[(k, life)] = position
-                stack.extend(index.children.get(k, ()))
+                stack.extend(index.children_of(k))
         prev = self._versions.get(index.objects[key].position) if key in index.objects else None
         self._planner.add(position, hdr)
         if key is None or tomb is not None:

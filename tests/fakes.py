@@ -227,7 +227,7 @@ def chain_state(session: object, view: object) -> dict[str, object]:
 
     index = session.index  # type: ignore[attr-defined]
     objects = {k: (o.parent, o.collection, o.auth, o.type_name) for k, o in index.objects.items()}
-    children = {k: frozenset(v) for k, v in index.children.items() if v}
+    children = {k: frozenset(index.children_of(k)) for k in index.children}
     out: dict[str, object] = {
         "objects": objects,
         "children": children,

@@ -9,7 +9,7 @@ from application import snapshot
 from application.fs.codec import decode_struct
 from application.ports import DataRef
 from application.session import ChainSession, Rebuildable
-from domain.chain import ChainIndex, Located
+from domain.chain import ChainIndex, Located, shared
 from domain.events import Chunk, Confidentiality, Parent, Type
 from domain.fs.model import (
     TYPE_DENTRY,
@@ -66,7 +66,7 @@ class FsIndexer:
         elif kind == TYPE_INODE:
             conf = hdr.find(Confidentiality)
             if conf is not None:
-                self.confs[key] = conf
+                self.confs[key] = _shared_conf(conf)
             inode = ev.decoded if isinstance(ev.decoded, InodeData) else None
             self.view.put_inode(key, inode or decode_struct(self._payload(ev), InodeData))
         elif kind == TYPE_DENTRY:
@@ -96,3 +96,14 @@ class FsIndexer:
 
     def import_state(self, blob: bytes | memoryview) -> None:
         snapshot.load(self, blob)
+        with snapshot.no_gc():
+            ino = self.view.share_values()
+            self.confs = {ino.get(k, k): _shared_conf(c) for k, c in self.confs.items()}
+
+
+def _shared_conf(conf: Confidentiality) -> Confidentiality:
+    """``conf`` with the one object of its read key's hash (the same in every inode)."""
+    key_hash = shared(conf.key_hash)
+    if key_hash is conf.key_hash:
+        return conf
+    return Confidentiality(key_hash, conf.wrapped_key)
