@@ -103,6 +103,8 @@ class _Thread:
             raise
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return  # stopped before
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         if not self._thread.is_alive():

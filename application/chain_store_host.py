@@ -81,6 +81,8 @@ class StoreHost(ChainHost):
         self._lock = threading.Lock()
         #: transactions ``pull`` brought that ``absorb`` has not applied yet
         self._fetched: list[StoredTransaction] = []
+        #: appends another server won first (each followed by a new validation)
+        self.conflicts = 0
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -254,6 +256,7 @@ class StoreHost(ChainHost):
                 with self._lock:
                     stored = self.store.append(_stored(records), self._end)
             except StoreConflict:
+                self.conflicts += 1
                 self.pull()  # another server appended first: validate again after its
                 continue
             except ValueError as exc:
