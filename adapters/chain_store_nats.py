@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -53,6 +54,7 @@ DEFAULT_PREFIX = "wdfs.chain"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 KIND = "Wdfs-Kind"
 INDEX = "Wdfs-Index"
+MSG_ID = "Nats-Msg-Id"
 #: JetStream's "wrong last sequence" (JSStreamWrongLastSequenceErrF)
 WRONG_LAST_SEQUENCE = 10071
 #: JetStream's "temporarily unavailable" (no meta leader yet, e.g. a cluster just started)
@@ -155,15 +157,22 @@ class NatsChainStore(ChainStore):
             )
         index = len(self._seqs)
         payload = _encoder.encode([(r.meta, r.fmt, r.data, r.commit) for r in records])
+        base = self._last_seq
+        # the same id for every attempt of this append on this base: a retry after a lost
+        # answer (a NATS node killed, a leader election) is deduplicated by JetStream, which
+        # answers with the first attempt's sequence instead of storing it twice
+        msg_id = hashlib.sha256(b"%s|%d|%d|" % (self._subject.encode(), index, base) + payload)
         headers = {
-            EXPECTED_LAST_SUBJECT_SEQ: str(self._last_seq),
+            EXPECTED_LAST_SUBJECT_SEQ: str(base),
+            MSG_ID: msg_id.hexdigest(),
             KIND: "tx",
             INDEX: str(index),
         }
+        factory = self._factory
         try:
-            ack = self._factory.call(
-                self._factory.js.publish(
-                    self._subject, payload, headers=headers, stream=self._factory.stream
+            ack = factory.retrying(
+                lambda: factory.js.publish(
+                    self._subject, payload, headers=dict(headers), stream=factory.stream
                 )
             )
         except nats.js.errors.APIError as exc:
@@ -194,9 +203,7 @@ class NatsChainStore(ChainStore):
         if first > len(self._seqs) or last >= len(self._seqs):
             raise StoreError(f"position {max(start, limit or 0)} lies beyond the end {self.end}")
         for index in range(first, last + 1):
-            msg = self._factory.call(
-                self._factory.js.get_msg(self._factory.stream, seq=self._seqs[index])
-            )
+            msg = self._factory.message(self._seqs[index])
             yield numbered(index, self._records(msg, index))
 
     def catch_up(self) -> list[StoredTransaction]:
@@ -286,7 +293,9 @@ class NatsChainStoreFactory(ChainStoreFactory):
         self._thread = _Thread()
         try:
             self.nc: NatsClient = self._thread.run(self._connect(), timeout * 2)
-            self.js: JetStreamContext = self.nc.jetstream(timeout=timeout)
+            #: requests of the stores: a short timeout, repeated (``retrying``)
+            self.js: JetStreamContext = self.nc.jetstream(timeout=min(timeout, 3.0))
+            self._admin: JetStreamContext = self.nc.jetstream(timeout=timeout)
             self._thread.run(self._check_cluster(), timeout * 3)
         except BaseException:
             self.close()
@@ -349,7 +358,7 @@ class NatsChainStoreFactory(ChainStoreFactory):
                     continue
                 raise NatsRefused(f"the NATS cluster at {where} does not answer") from None
         try:
-            info = await self.js.stream_info(self.stream)
+            info = await self._admin.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
             config = StreamConfig(
                 name=self.stream,
@@ -359,7 +368,7 @@ class NatsChainStoreFactory(ChainStoreFactory):
                 allow_direct=True,
             )
             try:
-                info = await self.js.add_stream(config)
+                info = await self._admin.add_stream(config)
             except nats.js.errors.APIError as exc:
                 raise NatsRefused(
                     f"the NATS cluster at {where} cannot hold stream {self.stream!r} with"
@@ -388,15 +397,33 @@ class NatsChainStoreFactory(ChainStoreFactory):
             return self._thread.run(coro, self.timeout + 1)
         except (TimeoutError, nats.errors.TimeoutError) as exc:
             raise StoreUnavailable(f"the NATS cluster did not answer in time: {exc}") from None
-        except nats.js.errors.ServiceUnavailableError:
+        except (nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError):
             raise StoreUnavailable("JetStream is unavailable (no quorum?)") from None
         except (nats.errors.ConnectionClosedError, nats.errors.NoServersError) as exc:
             raise StoreUnavailable(f"the NATS connection is lost: {exc}") from None
 
+    def retrying(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """``call`` a request that may be repeated, again after a lost answer (a node killed,
+        a reconnection, a leader election), for up to twice the timeout."""
+        deadline = time.monotonic() + self.timeout * 2
+        while True:
+            try:
+                return self.call(make())
+            except StoreUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
+    def message(self, seq: int) -> RawStreamMsg:
+        """The stream's message at sequence ``seq``."""
+        return self.retrying(lambda: self.js.get_msg(self.stream, seq=seq))
+
     def next_on(self, subject: str, seq: int) -> RawStreamMsg | None:
         """The first message of ``subject`` at stream sequence ``seq`` or after (None: none)."""
         try:
-            return self.call(self.js.get_msg(self.stream, seq=seq, subject=subject, next=True))
+            return self.retrying(
+                lambda: self.js.get_msg(self.stream, seq=seq, subject=subject, next=True)
+            )
         except nats.js.errors.NotFoundError:
             return None
 
