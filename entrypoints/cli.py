@@ -19,7 +19,7 @@ from domain.compaction import CompactMode
 from domain.presets import Preset
 from entrypoints.console import USAGE, fail, not_yet
 from entrypoints.mount_guard import guarded
-from entrypoints.mounting import PASSCODE_ENV
+from entrypoints.passwords import PASSCODE_ENV
 from entrypoints.serve import serve as serve_command
 from entrypoints.settings import GlobalSettings, OptionError, global_settings
 

@@ -11,26 +11,23 @@ import dataclasses
 import gc
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import typer
-
-from application.compaction import CompactionError
 from application.mount import Configuration, Mounted, MountRequest, MountService
 from application.ports import LogError
 from application.replication import RecoveryMode
-from application.session import SessionError
 from domain.compaction import CompactMode, CompactPolicy
 from domain.formats import Format
 from domain.fs.model import FsError, IdMap
 from domain.presets import Preset, PresetError
 from domain.presets import settings as preset_settings
 from entrypoints import bootstrap, daemon
-from entrypoints.console import CANNOT_MOUNT, REFUSED, STOPPED, UNSAVED, USAGE, fail, say, warn
+from entrypoints.console import CANNOT_MOUNT, REFUSED, STOPPED, UNSAVED, USAGE, fail, say
+from entrypoints.opening import compact_now, open_log
+from entrypoints.passwords import passcode_of
 from entrypoints.replica_server import Server, find_server
 from entrypoints.settings import (
     LOCAL_CHAIN,
@@ -45,7 +42,6 @@ if TYPE_CHECKING:
     from adapters.metrics import MountSource
     from application.views import ViewService
 
-PASSCODE_ENV = "WASMER_DFS_PASSCODE"
 DEFAULT_LOG_PATH = Path("~/wasmer/fs")
 #: replicas of remote chains, one directory per chain name (a local chain keeps the default)
 DEFAULT_REMOTE_LOGS = Path("~/wasmer/fs/remote")
@@ -217,36 +213,6 @@ def checked_chain_name(url: str) -> str:
     return name
 
 
-def passcode_of(
-    given: str | None, creating: bool, passfile: Path | None = None, extpass: str | None = None
-) -> bytes:
-    """--passcode, --passfile or --extpass (one of them), else $WASMER_DFS_PASSCODE, else a
-    prompt on a terminal (exit 2 without one); in a background daemon, what its parent read."""
-    from entrypoints.passwords import SecretError, secret_from
-
-    inherited = daemon.inherited_secret()
-    if inherited is not None:
-        return inherited
-    try:
-        secret = secret_from(given, passfile, extpass)
-    except SecretError as exc:
-        fail(str(exc), USAGE)
-    if secret is not None:
-        return secret
-    env = os.environ.get(PASSCODE_ENV)
-    if env is not None:
-        return env.encode()
-    if not sys.stdin.isatty():
-        fail(
-            f"a passcode is needed: give --passcode, --passfile or --extpass, set {PASSCODE_ENV},"
-            " run interactively,"
-            " or use --no-auth for an unencrypted file system",
-            USAGE,
-        )
-    value = typer.prompt("Passcode", hide_input=True, confirmation_prompt=creating)
-    return str(value).encode()
-
-
 def _check_mount_point(s: MountSettings) -> Path:
     mnt = s.mount_path
     if not mnt.is_dir():
@@ -256,55 +222,6 @@ def _check_mount_point(s: MountSettings) -> Path:
     if not s.non_empty and any(mnt.iterdir()):
         fail(f"mount path {mnt} is not empty (use --non-empty to mount over it)", USAGE)
     return mnt
-
-
-# --- opening the log -----------------------------------------------------------------------------
-def _open(mounts: MountService, request: MountRequest) -> Mounted:
-    try:
-        mounted = mounts.open(request)
-    except (SessionError, LogError) as exc:
-        fail(str(exc), REFUSED)
-    if mounted.preset_warning:
-        warn(mounted.preset_warning)
-    if mounted.cut_bytes:
-        cut_from = mounted.session.log.open_report.cut_from
-        _log.warning(
-            "the log ended in a torn transaction (writes that were never made durable):"
-            " %d bytes cut, offsets %d to %d",
-            mounted.cut_bytes,
-            cut_from,
-            cut_from + mounted.cut_bytes,
-        )
-    if mounted.from_checkpoint:
-        _log.info(
-            "state loaded from the checkpoint; %d transactions replayed after it",
-            mounted.transactions,
-        )
-    else:
-        _log.info("%d transactions replayed", mounted.transactions)
-    return mounted
-
-
-def compact_now(mounted: Mounted) -> None:
-    """--compact-now: compact the log before mounting, with a progress bar (exit 3 on failure,
-    the log unchanged)."""
-    from entrypoints.progress import ProgressBar
-
-    assert mounted.compactor is not None
-    with ProgressBar("compacting") as bar:
-        mounted.compactor.progress = bar
-        try:
-            r = mounted.compactor.compact()
-        except (SessionError, LogError, CompactionError) as exc:
-            mounted.close()
-            fail(f"compaction failed (the log is unchanged): {exc}", REFUSED)
-        finally:
-            mounted.compactor.progress = lambda phase, done, total: None
-    say(
-        f"compacted the log from {r.before} to {r.after} bytes"
-        f" ({r.kept} of {r.events} events kept) in {r.seconds:.2f} s"
-    )
-    mounted.unchecked_until = None  # the compaction read every record of the old log
 
 
 def _replica(s: MountSettings, mounted: Mounted, server: Server, logs_dir: Path) -> Replicated:
@@ -375,7 +292,7 @@ def mount_and_serve(s: MountSettings, g: GlobalSettings) -> None:
             if (s.no_auth or g.no_auth)
             else passcode_of(s.passcode, creating, s.passfile, s.extpass)
         )
-    mounted = _open(mounts, _request(s, secret, server))
+    mounted = open_log(mounts, _request(s, secret, server))
     if metrics is not None:
         metrics.stats = mounted.fs.stats
         metrics.compactor = mounted.compactor

@@ -15,7 +15,12 @@ import os
 import shlex
 import stat
 import subprocess
+import sys
 from pathlib import Path
+
+import typer
+
+from entrypoints.console import USAGE, fail
 
 #: the longest secret read from a file or a command (a passcode is a line, not a data file)
 MAX_SECRET = 64 * 1024
@@ -102,3 +107,37 @@ def secret_from(
     if extpass is not None:
         return run_extpass(extpass, options[2].lstrip("-"))
     return None
+
+
+#: the passcode of a chain, when neither --passcode, --passfile nor --extpass gives it
+PASSCODE_ENV = "WASMER_DFS_PASSCODE"
+
+
+def passcode_of(
+    given: str | None, creating: bool, passfile: Path | None = None, extpass: str | None = None
+) -> bytes:
+    """--passcode, --passfile or --extpass (one of them), else $WASMER_DFS_PASSCODE, else a
+    prompt on a terminal (exit 2 without one); in a background daemon, what its parent read."""
+    from entrypoints import daemon
+
+    inherited = daemon.inherited_secret()
+    if inherited is not None:
+        return inherited
+    try:
+        secret = secret_from(given, passfile, extpass)
+    except SecretError as exc:
+        fail(str(exc), USAGE)
+    if secret is not None:
+        return secret
+    env = os.environ.get(PASSCODE_ENV)
+    if env is not None:
+        return env.encode()
+    if not sys.stdin.isatty():
+        fail(
+            f"a passcode is needed: give --passcode, --passfile or --extpass, set {PASSCODE_ENV},"
+            " run interactively,"
+            " or use --no-auth for an unencrypted file system",
+            USAGE,
+        )
+    value = typer.prompt("Passcode", hide_input=True, confirmation_prompt=creating)
+    return str(value).encode()

@@ -20,6 +20,8 @@ from domain.fs.model import IdMap
 from domain.timespec import TimeSpecError, duration_ms, iso_ms
 from entrypoints import bootstrap, mounting
 from entrypoints.console import USAGE, fail, say
+from entrypoints.opening import open_log
+from entrypoints.passwords import passcode_of
 from entrypoints.settings import LOCAL_CHAIN, GlobalSettings
 
 
@@ -81,9 +83,7 @@ def mount_as_of(s: mounting.MountSettings, g: GlobalSettings, as_of: int) -> Non
     container = bootstrap.bootstrap(logs_dir)  # the system clock: nothing is stamped
     mounts = container.mounts()
     secret = (
-        None
-        if (s.no_auth or g.no_auth)
-        else mounting.passcode_of(s.passcode, False, s.passfile, s.extpass)
+        None if (s.no_auth or g.no_auth) else passcode_of(s.passcode, False, s.passfile, s.extpass)
     )
     request = MountRequest(
         chain=LOCAL_CHAIN,
@@ -97,7 +97,7 @@ def mount_as_of(s: mounting.MountSettings, g: GlobalSettings, as_of: int) -> Non
         remote=s.remote is not None,
         as_of_ms=as_of,
     )
-    mounted = mounting._open(mounts, request)
+    mounted = open_log(mounts, request)
     cut = mounted.as_of
     assert cut is not None
     say(

@@ -16,7 +16,7 @@ from application.session import Formats, SessionError
 from domain.timespec import iso_ms
 from entrypoints import bootstrap
 from entrypoints.console import REFUSED, USAGE, fail
-from entrypoints.mounting import passcode_of
+from entrypoints.passwords import passcode_of
 from entrypoints.progress import ProgressBar
 from entrypoints.settings import LOCAL_CHAIN
 
