@@ -208,7 +208,7 @@ class ChainIndex:
         if dk is None:
             return None
         old = self.objects.get(dk.key)
-        info = _info_from(hdr, dk.key, old, ev.position)
+        info = _info_from(hdr, dk.key if old is None else old.key, old, ev.position)
         if info.parent is not None:
             # share the parent's key object (an int of 64 bits is 36 bytes, per reference)
             up = self.objects.get(info.parent)

@@ -96,9 +96,6 @@ class FsIndexer:
 
     def import_state(self, blob: bytes | memoryview) -> None:
         snapshot.load(self, blob)
-        with snapshot.no_gc():
-            ino = self.view.share_values()
-            self.confs = {ino.get(k, k): _shared_conf(c) for k, c in self.confs.items()}
 
 
 def _shared_conf(conf: Confidentiality) -> Confidentiality:

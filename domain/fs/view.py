@@ -78,23 +78,6 @@ class FsView:
         """The directory containing ``directory`` (directories have exactly one dentry)."""
         return self.dir_parent.get(directory)
 
-    def share_values(self) -> dict[int, int]:
-        """Make equal keys and names one object each (a state decoded from a checkpoint holds a
-        copy of an inode number in every table that names it: 36 bytes each). Nothing changes
-        but which object holds a value; a value that does not match is left as it is. Returns
-        the inode numbers (each to itself) for other tables keyed by them."""
-        ino: dict[int, int] = {k: k for k in self.inodes}
-        dentries = self.dentries
-        for parent, d in self.dirs.items():
-            parent = ino.get(parent, parent)
-            for name, e in d.items():
-                e.inode = ino.get(e.inode, e.inode)
-                if dentries.get(e.dentry) == (parent, name, e.inode):
-                    dentries[e.dentry] = (parent, name, e.inode)
-        self.links = {ino.get(k, k): n for k, n in self.links.items()}
-        self.pages = {ino.get(k, k): p for k, p in self.pages.items()}
-        return ino
-
     # -- fold ----------------------------------------------------------------------------------
     def put_inode(self, key: int, data: InodeData) -> None:
         old = self.inodes.get(key)
