@@ -263,6 +263,8 @@ def run(
                     await t
             if replication is not None:
                 replication.kernel = None  # unmounted: nothing left to invalidate
+            if replicated is not None:
+                await replicated.kernel.close()  # its worker stops before the session closes
 
     asyncio.run(main())
     if failures:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 from adapters.secure_channel import ClientWire
 from adapters.ws_client import (
@@ -120,12 +121,101 @@ async def fetch_header(
 
 
 class FuseKernelCache(KernelCache):
-    """Invalidation through pyfuse3, off the event loop: the kernel may need an answer from this
-    very loop before it can drop a cached page or name, so calling it inline could deadlock."""
+    """Invalidation through pyfuse3 by one worker thread that nothing waits on but ``settled``
+    (docs/adr/0009, "Kernel caches"). The kernel's reverse invalidation of a name takes the
+    directory's inode lock, which a create (mkdir, unlink, rename ...) in flight in that
+    directory holds until this very process answers it; the answer may wait for the server's
+    confirmation, which the replication loop takes in. So ``invalidate`` only queues: what is
+    queued while the worker is busy is merged (each inode and name once) and forgotten in its
+    next round, always after it was asked. ``forget``: what a round calls (pyfuse3's calls; a
+    test passes its own)."""
+
+    #: how long ``close`` lets the worker finish what is queued
+    CLOSE_SECONDS = 5.0
+
+    def __init__(
+        self, forget: Callable[[list[int], list[tuple[int, bytes]]], None] | None = None
+    ) -> None:
+        self._forget = forget if forget is not None else _invalidate
+        self._cond = threading.Condition()
+        self._inodes: set[int] = set()
+        self._entries: set[tuple[int, bytes]] = set()
+        self._asked = 0  # calls of ``invalidate`` with something to forget
+        self._done = 0  # of those, how many the worker has passed to the kernel
+        self._closing = False
+        self._abandoned = False  # ``close`` gave up waiting: nothing more goes to the kernel
+        self._thread: threading.Thread | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     async def invalidate(self, inodes: set[int], entries: set[tuple[int, bytes]]) -> None:
-        if inodes or entries:
-            await asyncio.to_thread(_invalidate, sorted(inodes), sorted(entries))
+        if not (inodes or entries):
+            return
+        with self._cond:
+            if self._closing:
+                return  # unmounting: the kernel forgets everything anyway
+            self._inodes |= inodes
+            self._entries |= entries
+            self._asked += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="kernel-invalidation", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    async def settled(self) -> None:
+        with self._cond:
+            if self._done >= self._asked or self._abandoned:
+                return
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append((self._asked, fut))
+        await fut
+
+    async def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join, self.CLOSE_SECONDS)
+            if thread.is_alive():
+                log.warning(
+                    "the kernel did not take the last invalidations within %.0f s",
+                    self.CLOSE_SECONDS,
+                )
+        with self._cond:
+            self._abandoned = True
+            waiters, self._waiters = self._waiters, []
+        for _, fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._inodes or self._entries or self._closing):
+                    self._cond.wait()
+                if self._abandoned or not (self._inodes or self._entries):
+                    return  # closing, and nothing left
+                inodes, self._inodes = self._inodes, set()
+                entries, self._entries = self._entries, set()
+                upto = self._asked
+            try:
+                self._forget(sorted(inodes), sorted(entries))
+            except Exception:  # a bug must not stop invalidation for the rest of the mount
+                log.exception("kernel invalidation failed")
+            with self._cond:
+                self._done = upto
+                ready = [fut for at, fut in self._waiters if at <= upto]
+                self._waiters = [(at, fut) for at, fut in self._waiters if at > upto]
+            for fut in ready:
+                with contextlib.suppress(RuntimeError):  # its loop is closed: no one waits
+                    fut.get_loop().call_soon_threadsafe(_resolve, fut)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _invalidate(inodes: list[int], entries: list[tuple[int, bytes]]) -> None:

@@ -217,6 +217,11 @@ class ReplicationService(ReplicaSync):
         async with self._changed:
             while self.replica.remote_cursor < position:
                 await self._changed.wait()
+        # a lock grant: the kernel must also have forgotten what it cached of those changes.
+        # (Safe here, never in a request that may hold a directory's lock: docs/adr/0009.)
+        kernel = self.kernel
+        if kernel is not None:
+            await kernel.settled()
 
     @property
     def has_synced(self) -> bool:

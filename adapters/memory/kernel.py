@@ -14,11 +14,18 @@ class MemoryKernelCache(KernelCache):
         self.calls: list[tuple[frozenset[int], frozenset[tuple[int, bytes]]]] = []
         self.inodes: set[int] = set()
         self.entries: set[tuple[int, bytes]] = set()
+        self.closed = False
 
     async def invalidate(self, inodes: set[int], entries: set[tuple[int, bytes]]) -> None:
         self.calls.append((frozenset(inodes), frozenset(entries)))
         self.inodes |= inodes
         self.entries |= entries
+
+    async def settled(self) -> None:
+        """Everything asked is forgotten at once here."""
+
+    async def close(self) -> None:
+        self.closed = True
 
     def forgotten(self, ino: int) -> bool:
         """Whether the kernel was told to forget ``ino``'s attributes and data."""

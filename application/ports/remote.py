@@ -84,8 +84,24 @@ class RefusalRecord(abc.ABC):
 
 
 class KernelCache(abc.ABC):
-    """Port: what the kernel cached of the mount, to forget after a remote change."""
+    """Port: what the kernel cached of the mount, to forget after a remote change.
+
+    ``invalidate`` never waits for the kernel: forgetting a name takes its directory's lock in
+    the kernel, which a request in flight in that directory holds until the file system answers
+    it, and that answer may wait for the very loop that asked (docs/adr/0009, "Kernel caches")."""
 
     @abc.abstractmethod
     async def invalidate(self, inodes: set[int], entries: set[tuple[int, bytes]]) -> None:
-        """Forget the attributes and data of ``inodes`` and the names ``(directory, name)``."""
+        """Have the kernel forget the attributes and data of ``inodes`` and the names
+        ``(directory, name)``, after this call; returns without waiting for it."""
+
+    @abc.abstractmethod
+    async def settled(self) -> None:
+        """Wait until the kernel has forgotten everything asked so far (what was asked later is
+        not waited for). Never call it from a path that answers a file-system request which
+        may hold a directory's lock (create, mkdir, unlink, rename ...)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop asking the kernel (before the session is closed): what is still queued is
+        forgotten first, within a bound. Closing twice is harmless."""

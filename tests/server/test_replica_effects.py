@@ -4,14 +4,18 @@ in-process server with the ``MemoryKernelCache`` twin in place of the kernel."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from adapters.memory import MemoryKernelCache
+from adapters.remote import FuseKernelCache
 from adapters.ws_server import WsChainServer
+from application.replication import RecoveryMode
 from domain.fs.model import ROOT_INO
 from tests.replicas import Rig, settled
 
@@ -60,3 +64,38 @@ async def test_without_a_kernel_the_stream_is_still_applied(rig: Rig) -> None:
     a.write(b"plain", b"x" * 10)
     await settled([a, b])
     assert b.read(b"plain") == b"x" * 10
+
+
+async def test_a_metadata_change_never_waits_for_the_kernel_to_forget(rig: Rig) -> None:
+    """The hang of two replicas creating in one directory (docs/adr/0009, "Kernel caches"):
+    B's kernel holds an invalidation of a name A created (the kernel waits for the directory's
+    lock, which a create in flight there holds); B's own create must still be confirmed and B
+    must go on applying the stream. A lock grant (``wait_applied``) does wait for the kernel."""
+    a = await rig.replica("a")
+    b = await rig.replica("b")
+    entered, release = threading.Event(), threading.Event()
+
+    def kernel_busy(inodes: list[int], entries: list[tuple[int, bytes]]) -> None:
+        entered.set()
+        release.wait(30)
+
+    kernel = b.service.kernel = FuseKernelCache(forget=kernel_busy)
+    b.service.mode = RecoveryMode.READONLY_ASYNC  # a create waits for the server's confirmation
+    try:
+        a.write(b"from-a", b"a")
+        assert await asyncio.to_thread(entered.wait, 30)  # B's kernel is stuck on A's name
+        b.write(b"from-b", b"b")
+        await asyncio.wait_for(b.service.after_metadata(), 15)
+        assert b.service.replica.pending == 0
+        a.write(b"later", b"c")
+        await settled([a, b])
+        assert b.read(b"later") == b"c"  # the stream goes on while the kernel is busy
+        grant = asyncio.ensure_future(b.service.wait_applied(b.service.replica.remote_cursor))
+        await asyncio.sleep(0.2)
+        assert not grant.done()  # coherence: not granted before the kernel has forgotten
+        release.set()
+        await asyncio.wait_for(grant, 10)
+    finally:
+        release.set()
+        b.service.kernel = None
+        await kernel.close()
