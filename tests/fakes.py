@@ -1,7 +1,8 @@
 """Test doubles that subclass the ports (never ``unittest.mock``), and log surgery for tests.
 
-* ``FastCrypto``: the real AES-256-GCM, ML-DSA-65 and ML-KEM-768 (a ``PqCrypto`` it holds), but
-  Argon2id at the smallest cost whatever
+* ``FastCrypto`` (the Crypto port's twin, adapters/memory/crypto.py, imported here for the many
+  tests that name it from here): the real AES-256-GCM, ML-DSA-65 and ML-KEM-768 (a ``PqCrypto``
+  it holds), but Argon2id at the smallest cost whatever
   the header asks for. Salt and passcode still go through Argon2id, so a wrong passcode or a
   different salt still gives another key; only the time spent changes.
 * ``DeterministicCrypto``: ``FastCrypto`` whose randomness (keys, nonces, chain ids, signing
@@ -22,52 +23,11 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from adapters.crypto import NONCE, PqCrypto
+from adapters.crypto import NONCE
+from adapters.memory.crypto import FAST_KDF as FAST_KDF  # re-exported: tests name it here
+from adapters.memory.crypto import FastCrypto as FastCrypto
 from adapters.redolog_format import FRAME_HEAD, FRAME_PREFIX, FRAME_SIZE, HEADER_FIXED, U32
-from application.ports import Crypto, KdfParams
 from domain.chain import ChainIndex, Located
-
-#: Argon2id (iterations, memory KiB, lanes) at its minimum: well under a millisecond
-FAST_KDF = (1, 8, 1)
-
-
-class FastCrypto(Crypto):
-    """The real primitives (``PqCrypto``, held, not inherited: a double subclasses the port) with
-    the cheapest Argon2id, whatever cost the chain header records."""
-
-    def __init__(self) -> None:
-        self.real = PqCrypto()
-
-    def random(self, n: int) -> bytes:
-        return self.real.random(n)
-
-    def derive_key(self, passcode: bytes, params: KdfParams) -> bytes:
-        return self.real.derive_key(passcode, KdfParams(params.salt, *FAST_KDF))
-
-    def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        return self.real.seal(key, plaintext, aad)
-
-    def open(self, key: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes:
-        return self.real.open(key, sealed, aad)
-
-    def sign_keypair(self) -> tuple[bytes, bytes]:
-        return self.real.sign_keypair()
-
-    def sign(self, secret: bytes, message: bytes) -> bytes:
-        return self.real.sign(secret, message)
-
-    def verify(self, public: bytes, message: bytes, signature: bytes) -> bool:
-        return self.real.verify(public, message, signature)
-
-    def kem_keypair(self) -> tuple[bytes, bytes]:
-        return self.real.kem_keypair()
-
-    def kem_encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
-        return self.real.kem_encapsulate(public)
-
-    def kem_decapsulate(self, secret: bytes, ciphertext: bytes) -> bytes:
-        return self.real.kem_decapsulate(secret, ciphertext)
-
 
 # ML-DSA keygen and signing draw from the OS; a process-wide memo makes them a function of
 # (seed, n) and (secret, message) so that equal seeds give equal logs within one test run.

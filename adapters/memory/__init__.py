@@ -17,13 +17,14 @@ They ship with the program because tests, benchmarks and tools build services on
 * ``AuthConnector`` / ``AuthLink``: ``MemoryAuthConnector(service)`` (adapters/memory/auth.py:
   the auth service's ``AuthSession`` in process, no socket).
 
-``Crypto`` has no twin here: see the ADR (tests use ``tests.fakes.FastCrypto``, the real
-algorithms with a cheap Argon2id).
+* ``Crypto``: ``FastCrypto`` (adapters/memory/crypto.py: the real algorithms, a cheap Argon2id;
+  an honest twin cannot fake a signature or a cipher, see the ADR).
 """
 
 from __future__ import annotations
 
 from adapters.memory.clock import FakeClock
+from adapters.memory.crypto import FastCrypto
 from adapters.memory.kernel import MemoryKernelCache
 from adapters.memory.locks import MemoryCoordinator, MemoryLockHub
 from adapters.memory.log import DiskSpace, MemoryRedoLogFactory
@@ -36,6 +37,7 @@ from adapters.memory.view_store import MemoryViewStore
 __all__ = [
     "DiskSpace",
     "FakeClock",
+    "FastCrypto",
     "MemoryChainServer",
     "MemoryConnector",
     "MemoryCoordinator",

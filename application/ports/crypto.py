@@ -1,7 +1,8 @@
 """Port of the cryptographic primitives (docs/adr/0004-trust-and-encryption.md).
 
-Adapter: ``adapters.crypto.PqCrypto``; test adapter ``tests.fakes.FastCrypto`` (see
-docs/adr/0017-ports-and-twins.md). Contract: tests/contract/test_crypto_contract.py."""
+Adapter: ``adapters.crypto.PqCrypto``; twin: ``adapters.memory.FastCrypto`` (the same
+primitives, the cheapest Argon2id; docs/adr/0017-ports-and-twins.md). Contract:
+tests/contract/test_crypto_contract.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The ``Crypto`` port's contract (application/ports/crypto.py), run against the real adapter
-``PqCrypto`` and the test adapters ``FastCrypto`` and ``DeterministicCrypto`` (tests/fakes.py:
-the same algorithms, a cheap Argon2id; there is no in-memory twin, docs/adr/0017)."""
+``PqCrypto``, its twin ``FastCrypto`` (adapters/memory/crypto.py: the same algorithms, a cheap
+Argon2id; docs/adr/0017) and the test double ``DeterministicCrypto`` (tests/fakes.py)."""
 
 from __future__ import annotations
 
