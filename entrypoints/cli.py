@@ -90,14 +90,18 @@ def main_options(
         fail(str(exc), USAGE)
     level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="wasmer-dfs: %(levelname)s: %(name)s: %(message)s")
-    if ctx.invoked_subcommand not in (*AUTH_COMMANDS, "mount"):  # mount: chains of users/groups
-        if token is not None or token_path is not None:
-            not_yet(
-                f"{ctx.invoked_subcommand} with a token (--token/--token-path)",
-                "users, groups and tokens",
-            )
-        if auth is not None:
-            not_yet(f"{ctx.invoked_subcommand} with --auth", "users, groups and tokens")
+    tokened = token is not None or token_path is not None
+    if tokened and ctx.invoked_subcommand not in (*AUTH_COMMANDS, "mount"):  # mount: chains
+        not_yet(  # of users and groups
+            f"{ctx.invoked_subcommand} with a token (--token/--token-path)",
+            "users, groups and tokens",
+        )
+    if auth is not None and ctx.invoked_subcommand not in AUTH_COMMANDS:
+        fail(
+            f"--auth is for the user, group and token commands; {ctx.invoked_subcommand} does"
+            " not use it (a mount's chain server checks its token against its own auth service)",
+            USAGE,
+        )
 
 
 # --- mount -------------------------------------------------------------------------------------
