@@ -14,4 +14,4 @@ ruff format --check .
 echo "== mypy"
 mypy domain application adapters entrypoints
 echo "== pytest"
-exec pytest -q -p no:cacheprovider "$@"
+exec pytest -q -p no:cacheprovider --durations=15 "$@"
