@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # fuse3 and what building pyfuse3 needs; git, sqlite3 and tar for the real-program tests;
 # systemd for systemd-analyze (the units' test)
-SYSTEM_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv patch git sqlite3 tar tcpdump systemd nats-server)
+SYSTEM_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv patch git sqlite3 tar tcpdump systemd nats-server jq groff-base)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
