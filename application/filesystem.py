@@ -794,11 +794,7 @@ class FileSystemService:
         tag: str,
         into: int | None = None,
     ) -> int | None:
-        """Keep another replica's version of regular file ``ino`` beside this replica's, which
-        the server orders after it: a new file ``NAME.conflict-TAG`` (or the earlier copy
-        ``into``) with their attributes and pages (``pages``), the rest of its contents as this
-        replica has them. Returns the copy's inode (None when ``ino`` is no longer a named
-        regular file)."""
+        """See ``application.fs.conflicts.conflict_copy``."""
         return conflicts.conflict_copy(self, ino, theirs, pages, tag, into)
 
     def inode_of(self, fh: int) -> int:
